@@ -1,0 +1,353 @@
+r"""Ablation-CAM over several target layers at once.
+
+Channel :math:`k` is ablated in every target layer together (so all target
+layers must have the same number of channels), the drop of the target score
+gives one weight per channel, and each layer's map uses those shared weights.
+With a single target layer this is Ablation-CAM (:class:`camlib.AblationCAM`)
+run through the whole model.
+
+The ablation is done by :class:`AblationLayer` wrappers swapped into the model
+in place of the target layers for the scoring passes only; the original layers
+(the same objects) are put back in ``finally``, so the model is unchanged after
+a call, also when it raises.
+
+Deviations from pytorch-grad-cam 1.5.7's ``ablation_cam_multilayer`` module,
+which does not run there (its ``get_cam_weights`` takes one argument fewer than
+``BaseCAM`` passes, its ``AblationLayer.forward`` returns None and the trimming
+of the last batch passes ``self`` twice), so this module implements its evident
+intent:
+
+* Targets are the usual callables (``ClassifierOutputTarget(281)``), not class
+  indices, and the top class is used for ``targets=None``.
+* The ablation value is chosen per ablated copy (0 when that copy's layer output
+  has minimum 0, else its minimum minus ``1e5``) instead of over the whole
+  batch of copies, so the maps do not depend on ``batch_size``.
+* Layers whose channels do not match raise a ``ValueError`` at call time
+  instead of a printed warning at construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from camlib._ops import broadcast_weights, reduce_channels
+from camlib.activations_and_gradients import ActivationsAndGradients
+from camlib.base_cam import BaseCAM
+from camlib.utils.batched import batched_target_scores, score_outputs
+from camlib.utils.find_layers import replace_layer_recursive
+from camlib.utils.image import scale_cam_image
+
+__all__ = ["AblationCAM", "AblationLayer", "replace_layer_recursive"]
+
+
+def _describe(layer: torch.nn.Module) -> str:
+    text = repr(layer).split("\n")[0]
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class AblationLayer(torch.nn.Module):
+    """Runs ``layer``, then ablates channel ``indices[i]`` of row ``i`` of its output.
+
+    The ablated channel is set to 0 when the row's minimum is 0 (the usual case
+    after a ReLU), otherwise to the row's minimum minus ``ablation_offset``
+    (``1e5``). The output is not modified in place.
+
+    Args:
+        layer: the module whose output is ablated.
+        reshape_transform: only used to pick the channel dimension, as in
+            pytorch-grad-cam: None means channels on dim 1 (``[B, C, H, W]``),
+            anything else channels last (``[B, tokens, C]``).
+        indices: one channel index per row of the next batch (or one list of
+            indices per row); rows beyond ``len(indices)`` are an error.
+        channel_dim: the channel dimension, overriding the rule above.
+
+    Attributes:
+        calls: how many times the wrapper ran (the CAM checks it was reached).
+
+    Example:
+        >>> import torch
+        >>> from camlib.ablation_cam_multilayer import AblationLayer
+        >>> layer = AblationLayer(torch.nn.ReLU(), None, indices=[1])
+        >>> layer(torch.ones(1, 3, 1, 1)).flatten().tolist()
+        [1.0, -99999.0, 1.0]
+    """
+
+    #: How far below the row's minimum an ablated channel is pushed when that minimum is not 0.
+    ablation_offset: ClassVar[float] = 1e5
+
+    def __init__(
+        self,
+        layer: torch.nn.Module,
+        reshape_transform: Optional[Callable] = None,
+        indices: Any = (),
+        *,
+        channel_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(layer, torch.nn.Module):
+            raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
+        self.layer = layer
+        self.reshape_transform = reshape_transform
+        self.indices = indices
+        self.channel_dim = (
+            (1 if reshape_transform is None else -1) if channel_dim is None else int(channel_dim)
+        )
+        self.calls = 0
+
+    def extra_repr(self) -> str:
+        return f"channel_dim={self.channel_dim}"
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.calls += 1
+        return self.ablate(self.layer(*args, **kwargs))
+
+    def ablate(self, output: torch.Tensor) -> torch.Tensor:
+        """A copy of ``output`` with channel ``indices[i]`` of row ``i`` ablated."""
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"AblationLayer ablates a tensor output, but {_describe(self.layer)} returned a "
+                f"{type(output).__name__}; choose a target layer that returns a tensor"
+            )
+        rows = output.shape[0]
+        indices = torch.as_tensor(
+            np.asarray(self.indices) if not isinstance(self.indices, torch.Tensor) else self.indices
+        ).to(device=output.device, dtype=torch.long)
+        indices = indices.reshape(1, 1) if indices.ndim == 0 else indices.reshape(len(indices), -1)
+        if indices.shape[0] < rows or indices.shape[1] == 0:
+            raise ValueError(
+                f"AblationLayer has {indices.shape[0]} channel indices for a batch of {rows}; set .indices to "
+                "one channel per row of the batch"
+            )
+        dim = self.channel_dim % output.ndim
+        if dim == 0:
+            raise ValueError("channel_dim cannot be the batch dimension (0)")
+        channels = output.shape[dim]
+        hits = (indices[:rows, :, None] == torch.arange(channels, device=output.device)).any(dim=1)
+        shape = [rows] + [1] * (output.ndim - 1)
+        hits = hits.reshape(*shape[:dim], channels, *shape[dim + 1 :])
+        low = output.reshape(rows, -1).amin(dim=1)
+        value = torch.where(low == 0, torch.zeros_like(low), low - self.ablation_offset)
+        return torch.where(hits, value.reshape(shape).to(output.dtype), output)
+
+
+class _ShapeCapture(ActivationsAndGradients):
+    """Also records the shape of each target layer's raw output (to find its channel dim)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.raw_shapes: list = []
+
+    def finalize(self, input_spatial: Sequence[int], leaf_gradients: Optional[Sequence] = None) -> None:
+        self.check_all_ran()
+        self.raw_shapes = [
+            tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+            for raw in self.raw_outputs()
+        ]
+        super().finalize(input_spatial, leaf_gradients)
+
+
+def _find_slot(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[tuple]:
+    """``(parent, name)`` of the first place ``layer`` (by identity) is registered, depth first."""
+    for name, child in model._modules.items():
+        if child is layer:
+            return model, name
+        if child is not None:
+            found = _find_slot(child, layer)
+            if found is not None:
+                return found
+    return None
+
+
+@contextlib.contextmanager
+def _swapped(
+    model: torch.nn.Module, layers: Sequence[torch.nn.Module], wrappers: Sequence[torch.nn.Module]
+) -> Iterator[None]:
+    """Put ``wrappers[i]`` where ``layers[i]`` is registered; put the layers back on exit."""
+    slots = []
+    for layer in layers:
+        slot = _find_slot(model, layer)
+        if slot is None:
+            raise ValueError(
+                f"target layer {_describe(layer)} is the model itself or not one of its registered submodules, so "
+                "it cannot be ablated; pick a submodule from model.named_modules()"
+            )
+        slots.append(slot)
+    done = []
+    try:
+        for (parent, name), wrapper in zip(slots, wrappers):
+            parent._modules[name] = wrapper
+            done.append((parent, name))
+        yield
+    finally:
+        for (parent, name), layer in reversed(list(zip(done, layers))):
+            parent._modules[name] = layer
+
+
+class AblationCAM(BaseCAM):
+    r"""Ablation-CAM with the same channel ablated in several target layers at once.
+
+    Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional
+    Network via Gradient-free Localization", WACV 2020.
+    https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf
+
+    With :math:`y^c_k` the target score when channel :math:`k` is ablated in
+    every target layer :math:`l` at once:
+
+    .. math::
+        w^c_k = \frac{y^c - y^c_k}{y^c}, \qquad
+        L^c_l = \mathrm{ReLU}\Big(\sum_k w^c_k A^k_l\Big), \qquad
+        L^c = \frac{1}{|\mathcal{L}|}\sum_l \mathrm{norm}(L^c_l)
+
+    (an image whose score is exactly 0 gets the plain drop :math:`y^c - y^c_k`,
+    with a warning). See the module docstring for how this differs from
+    pytorch-grad-cam's broken module of the same name.
+
+    Cost: one forward pass, then one forward pass of the whole model per
+    channel per image, ``batch_size`` at a time.
+    Output: ``np.float32 [B, H, W]`` (``[B, D, H, W]`` for 5-D input) in [0, 1].
+
+    Args:
+        model: the network; its layers are swapped for the scoring passes only
+            and always put back.
+        target_layers: layers with the same number of channels.
+        reshape_transform: turns a layer's output into ``[B, C, *spatial]``.
+        batch_size: ablated copies per forward pass (default 32).
+        progress: show a progress bar (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from camlib.ablation_cam_multilayer import AblationCAM
+        >>> model = torchvision.models.resnet18(weights=None)
+        >>> layers = [model.layer1[0], model.layer1[1]]  # 64 channels each
+        >>> with AblationCAM(model, layers, batch_size=64, progress=False) as cam:
+        ...     maps = cam(torch.randn(1, 3, 64, 64))
+        >>> maps.shape
+        (1, 64, 64)
+    """
+
+    uses_gradients: ClassVar[bool] = False
+    default_batch_size: ClassVar[int] = 32
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layers: List[torch.nn.Module],
+        reshape_transform: Optional[Callable] = None,
+        *,
+        batch_size: Optional[int] = None,
+        progress: Optional[bool] = None,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, batch_size=batch_size, progress=progress)
+        self.activations_and_grads = _ShapeCapture(model, self.target_layers, reshape_transform, self.detach)
+
+    # -- weights -------------------------------------------------------------------------------------
+    def _channel_dims(self, num_channels: int) -> list[int]:
+        """For each target layer, the dim of its raw output that holds the CAM's channels."""
+        preferred = (1, -1) if self.reshape_transform is None else (-1, 1)
+        dims = []
+        for layer, shape in zip(self.target_layers, self.activations_and_grads.raw_shapes):
+            if isinstance(shape, str):
+                raise TypeError(
+                    f"multi-layer AblationCAM ablates tensor outputs, but target layer {_describe(layer)} returned "
+                    f"a {shape}; choose layers that return tensors"
+                )
+            dim = next((d for d in preferred if len(shape) >= 2 and shape[d] == num_channels), None)
+            if dim is None:
+                raise ValueError(
+                    f"cannot find the {num_channels} channels of target layer {_describe(layer)} in its output of "
+                    f"shape {list(shape)} (looked at dims 1 and -1); check reshape_transform"
+                )
+            dims.append(dim)
+        return dims
+
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: Optional[torch.nn.Module],
+        targets: List[Callable],
+        activations: torch.Tensor,
+        grads: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Weights ``[B, C]`` shared by all target layers (``target_layer`` is not used).
+
+        Must run inside a call, after the capturing forward pass (it uses the
+        model's output and the target layers' output shapes from it).
+        """
+        batch, num_channels = activations.shape[:2]
+        device = activations.device
+        original = score_outputs(self.outputs, targets).to(device)
+        dims = self._channel_dims(num_channels)
+        layers = list({id(layer): layer for layer in self.target_layers}.values())
+        dim_of = {id(layer): dim for layer, dim in zip(self.target_layers, dims)}
+        wrappers = [
+            AblationLayer(layer, self.reshape_transform, channel_dim=dim_of[id(layer)]) for layer in layers
+        ]
+        for wrapper in wrappers:
+            wrapper.training = False
+
+        def make_inputs(start: int, stop: int) -> torch.Tensor:
+            flat = torch.arange(start, stop, device=input_tensor.device)
+            for wrapper in wrappers:
+                wrapper.indices = flat % num_channels
+            return input_tensor[flat // num_channels]
+
+        def targets_for(start: int, stop: int) -> list:
+            return [targets[j // num_channels] for j in range(start, stop)]
+
+        try:
+            with _swapped(self.model, layers, wrappers):
+                scores = batched_target_scores(
+                    self.model,
+                    batch * num_channels,
+                    make_inputs,
+                    targets_for,
+                    self.batch_size,
+                    progress=self.progress,
+                    desc="AblationCAM (multi-layer)",
+                )
+            missed = [wrapper.layer for wrapper in wrappers if wrapper.calls == 0]
+            if missed:
+                raise ValueError(
+                    f"target layer {_describe(missed[0])} did not run while swapped for its ablation wrapper (the "
+                    "model reaches it other than through its registered submodules), so it cannot be ablated"
+                )
+        finally:
+            for wrapper in wrappers:
+                wrapper.indices = ()
+        ablated = scores.to(device).reshape(batch, num_channels)
+        zero = original == 0
+        if bool(zero.any()):
+            warnings.warn(
+                "the target score of an image is exactly 0, so Ablation-CAM's relative drop (y - y_k) / y is "
+                "undefined; its map uses the plain drop y - y_k instead",
+                stacklevel=6,
+            )
+        denominator = torch.where(zero, torch.ones_like(original), original)[:, None]
+        return (original[:, None] - ablated) / denominator
+
+    # -- maps -------------------------------------------------------------------------------------------
+    def compute_cam_per_layer(
+        self, input_tensor: torch.Tensor, targets: List[Callable], eigen_smooth: bool
+    ) -> List[torch.Tensor]:
+        """One ``[B, 1, *spatial]`` map per target layer, all with the shared weights."""
+        activations = self.activations_and_grads.activations
+        counts = [int(a.shape[1]) for a in activations]
+        if len(set(counts)) > 1:
+            listing = ", ".join(f"{_describe(layer)}: {c}" for layer, c in zip(self.target_layers, counts))
+            raise ValueError(
+                f"multi-layer AblationCAM ablates channel k in every target layer at once, so the layers need the "
+                f"same number of channels; got {listing}. Use camlib.AblationCAM for layers of different widths"
+            )
+        weights = self.get_cam_weights(input_tensor, None, targets, activations[0], None)
+        target_size = self.get_target_width_height(input_tensor)
+        maps = []
+        for layer_activations in activations:
+            weighted = broadcast_weights(weights, layer_activations) * layer_activations
+            cam = torch.relu(reduce_channels(weighted, eigen_smooth))
+            maps.append(scale_cam_image(cam, target_size)[:, None])
+        return maps

@@ -1,0 +1,639 @@
+"""SESS: enhance any CAM method by scaling the image and sliding a window over it.
+
+The image is resized to several scales; a square window slides over every
+scale; each patch is scored by the model and explained by a base CAM method;
+the patch maps, weighted by their patch's score, are put back where they came
+from and fused into one map per image.
+
+Everything runs batched, in torch, on the model's device: patches of all
+images, scales and windows are cut lazily (one resized scale kept at a time),
+scored through :func:`camlib.utils.batched.batched_target_scores` and explained
+by the base method ``batch_size`` patches at a time, whatever image they come
+from. Pasting a patch map back and resizing it to the image is one linear map,
+so it is applied as two small matrix products per patch (the same bilinear
+sampling as ``cv2.resize``) instead of building full-size canvases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torchvision.transforms.functional import InterpolationMode, resize
+from tqdm.auto import tqdm
+
+from camlib.base_cam import BaseCAM, _model_device
+from camlib.grad_cam import GradCAM
+from camlib.utils.batched import batched_target_scores
+from camlib.utils.image import scale_cam_image
+from camlib.utils.model_targets import ClassifierOutputTarget
+from camlib.utils.progress import progress_enabled
+
+__all__ = ["SESS", "sliding_window", "window_starts"]
+
+#: Kernel size and standard deviation of the Gaussian blur applied with ``smooth=True``.
+SMOOTH_KERNEL_SIZE = 11
+SMOOTH_SIGMA = 5.0
+
+
+# -- windows ---------------------------------------------------------------------------------------
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def window_starts(length: int, step_size: int, window_size: int) -> List[int]:
+    """Where windows start along one axis of ``length`` pixels.
+
+    Windows start every ``step_size`` pixels; the first window reaching the end
+    is moved back so that it ends exactly at the border (so the last two may
+    overlap more than the others), and no window starts after it.
+
+    Args:
+        length: size of the axis.
+        step_size: stride between window starts.
+        window_size: size of a window.
+
+    Returns:
+        the start offsets, in increasing order.
+
+    Example:
+        >>> window_starts(10, 4, 4)
+        [0, 4, 6]
+    """
+    step_size = _check_positive_int("step_size", step_size)
+    window_size = _check_positive_int("window_size", window_size)
+    starts = []
+    for start in range(0, int(length), step_size):
+        if start + window_size >= length:
+            starts.append(max(int(length) - window_size, 0))
+            break
+        starts.append(start)
+    return starts
+
+
+def sliding_window(height: int, width: int, step_size: int, window_size: int) -> List[Tuple[int, int]]:
+    """Top-left corners ``(x, y)`` of the windows covering a ``height x width`` image.
+
+    Row-major order (all windows of the first row first); see
+    :func:`window_starts` for the positions along each axis.
+
+    Example:
+        >>> sliding_window(4, 6, 4, 4)
+        [(0, 0), (2, 0)]
+    """
+    xs = window_starts(width, step_size, window_size)
+    return [(x, y) for y in window_starts(height, step_size, window_size) for x in xs]
+
+
+# -- torch helpers -------------------------------------------------------------------------------
+def _resized_size(height: int, width: int, shorter: int) -> Tuple[int, int]:
+    """The size torchvision's ``resize(img, shorter)`` gives: the shorter side set to
+    ``shorter``, the longer scaled and truncated."""
+    if height <= width:
+        return shorter, int(shorter * width / height)
+    return int(shorter * height / width), shorter
+
+
+def _linear_resize_matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """``[out, in]`` matrix of 1-D linear resizing with half-pixel centres.
+
+    Row ``i`` samples the input at ``(i + 0.5) * in / out - 0.5`` (clamped at the
+    borders), the sampling of ``cv2.resize(..., INTER_LINEAR)`` and of
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``.
+    """
+    src = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+    low = src.floor().long().clamp_max(in_size - 1)
+    high = (low + 1).clamp_max(in_size - 1)
+    frac = src - low
+    rows = torch.arange(out_size)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    matrix.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    matrix.index_put_((rows, high), frac, accumulate=True)
+    return matrix.float().to(device)
+
+
+def _reflect101(size: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Indices ``-pad .. size + pad - 1`` folded into ``[0, size)`` by mirroring
+    without repeating the edge (OpenCV's default ``BORDER_REFLECT_101``)."""
+    index = torch.arange(-pad, size + pad, device=device)
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index.abs() % period
+    return torch.where(index >= size, period - index, index)
+
+
+def _gaussian_blur(
+    maps: torch.Tensor, kernel_size: int = SMOOTH_KERNEL_SIZE, sigma: float = SMOOTH_SIGMA
+) -> torch.Tensor:
+    """Separable Gaussian blur of ``[B, H, W]`` maps, borders mirrored as
+    ``cv2.GaussianBlur`` does by default."""
+    half = kernel_size // 2
+    offsets = torch.arange(kernel_size, dtype=torch.float64) - half
+    kernel = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(device=maps.device, dtype=maps.dtype)
+    height, width = maps.shape[-2:]
+    maps = maps[..., _reflect101(width, half, maps.device)].unfold(-1, kernel_size, 1) @ kernel
+    maps = maps[..., _reflect101(height, half, maps.device), :].unfold(-2, kernel_size, 1) @ kernel
+    return maps
+
+
+class _PatchGrid:
+    """Every window of every scale of a batch of images, cut on demand.
+
+    Patch ``p`` is the window at ``(xs[p], ys[p])`` of scale ``scale_of[p]``;
+    patches are ordered scale by scale, then row-major as :func:`sliding_window`.
+    The resized images of one scale are kept at a time.
+    """
+
+    def __init__(self, images: torch.Tensor, scales: Sequence[int], window: int, step: int) -> None:
+        self.images = images
+        self.window = window
+        self.height, self.width = images.shape[-2:]
+        self.sizes = [_resized_size(self.height, self.width, scale) for scale in scales]
+        scale_of, xs, ys = [], [], []
+        for index, (height, width) in enumerate(self.sizes):
+            for x, y in sliding_window(height, width, step, window):
+                scale_of.append(index)
+                xs.append(x)
+                ys.append(y)
+        self.scale_of = torch.tensor(scale_of, dtype=torch.long)
+        self.xs = torch.tensor(xs, dtype=torch.long)
+        self.ys = torch.tensor(ys, dtype=torch.long)
+        self._resized: Optional[Tuple[int, torch.Tensor]] = None
+        self._matrices: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.scale_of)
+
+    def _scaled(self, index: int) -> torch.Tensor:
+        if self._resized is None or self._resized[0] != index:
+            scaled = resize(
+                self.images, list(self.sizes[index]), interpolation=InterpolationMode.BILINEAR, antialias=True
+            )
+            self._resized = (index, scaled)
+        return self._resized[1]
+
+    def _groups(self, patches: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor]]:
+        """``(scale, positions)`` of the patches of each scale among ``patches``."""
+        scale_of = self.scale_of[patches]
+        for index in torch.unique(scale_of).tolist():
+            yield index, (scale_of == index).nonzero().flatten()
+
+    def _window_indices(self, starts: torch.Tensor) -> torch.Tensor:
+        return (starts[:, None] + torch.arange(self.window)).to(self.images.device)
+
+    def cut(self, patches: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Patch ``patches[i]`` of image ``images[i]`` (CPU index tensors): ``[n, C, w, w]``."""
+        out = self.images.new_empty(len(patches), self.images.shape[1], self.window, self.window)
+        for index, where in self._groups(patches):
+            chosen = patches[where]
+            rows = self._window_indices(self.ys[chosen])
+            cols = self._window_indices(self.xs[chosen])
+            image = images[where].to(self.images.device)
+            # Advanced indices around a slice: the result is [n, w, w, C].
+            cut = self._scaled(index)[image[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+            out[where.to(out.device)] = cut.permute(0, 3, 1, 2)
+        return out
+
+    def paste(self, maps: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Put ``[n, w, w]`` patch maps back into their scale's frame (zeros elsewhere)
+        and resize that frame to the image's size: ``[n, H, W]``.
+
+        Both steps are linear, so patch ``p`` becomes ``Ry[:, rows_p] @ map @ Rx[:, cols_p]^T``
+        with ``Ry``, ``Rx`` the resizing matrices of its scale.
+        """
+        out = maps.new_empty(len(patches), self.height, self.width)
+        for index, where in self._groups(patches):
+            resize_y, resize_x = self._resize_matrices(index, maps.device)
+            chosen = patches[where]
+            left = resize_y[:, self._window_indices(self.ys[chosen]).to(maps.device)].permute(1, 0, 2)
+            right = resize_x[:, self._window_indices(self.xs[chosen]).to(maps.device)].permute(1, 2, 0)
+            where = where.to(maps.device)
+            out[where] = torch.bmm(torch.bmm(left, maps[where]), right)
+        return out
+
+    def _resize_matrices(self, index: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        if index not in self._matrices:
+            height, width = self.sizes[index]
+            self._matrices[index] = (
+                _linear_resize_matrix(height, self.height, device),
+                _linear_resize_matrix(width, self.width, device),
+            )
+        return self._matrices[index]
+
+
+# -- the method -----------------------------------------------------------------------------------
+class SESS:
+    r"""SESS: Saliency Enhancing with Scaling and Sliding.
+
+    Tursun, Denman, Sridharan & Fookes, "SESS: Saliency Enhancing with Scaling
+    and Sliding", ECCV 2022. https://arxiv.org/abs/2207.01769
+
+    A wrapper that makes any CAM method (``base_method``) more robust to object
+    scale, to several instances of the target and to distractors. The image is
+    resized so that its shorter side is each of ``scales``; a
+    ``window_size``-pixel square window slides over each scale with stride
+    ``step_size``. For patch :math:`p` with target score :math:`s_p` (the
+    target applied to the softmax of the model's output, clipped at 0), the
+    base method's map :math:`M_p \in [0, 1]` is weighted by the channel-wise
+    weight :math:`\hat s_p = s_p / \max_q s_q` and pasted back at its place,
+    :math:`P_p = \mathcal{R}(\hat s_p M_p)` (zero outside the patch, resized to
+    the image). With ``pre_filter_ratio`` :math:`r` only the
+    :math:`\lceil (1 - r) N \rceil` best-scoring patches are explained. The
+    fusion is a spatial weighted average over the patches that cover each pixel
+    with a value above ``theta``:
+
+    .. math::
+        L(x) = \frac{\sum_p P_p(x)\,[P_p(x) > \theta]}{\sum_p [P_p(x) > \theta]}
+
+    (or :math:`\max_p P_p(x)` with ``pool="max"``), then optionally a Gaussian
+    blur (11 x 11, :math:`\sigma = 5`), then min-max scaling.
+
+    Cost: one forward pass per patch to score it, and the base method's cost
+    for each kept patch; with the defaults (12 scales) about 120 patches for a
+    square image. ``batch_size`` patches go through the model at a time, mixed
+    across the images of the batch.
+    Output: ``np.float32 [B, H, W]`` in [0, 1] (4-D image batches only).
+
+    Args:
+        model: the network; not modified (eval mode during calls only).
+        target_layers: layers explained by the base method.
+        reshape_transform: passed to the base method.
+        base_method: the CAM class applied to every patch, e.g. ``GradCAM``.
+        scales: sizes the shorter side of the image is resized to; every one
+            must be at least ``window_size``. None: ``num_scales`` scales from
+            ``window_size`` up, ``round(scale_step_ratio * window_size)`` apart
+            (224, 288, ..., 928 for a 224-pixel image, as in the paper).
+        num_scales: how many scales when ``scales`` is None.
+        scale_step_ratio: distance between scales, as a fraction of the window.
+        window_size: side of the square window; None: the image's shorter side
+            (so the first scale is the image itself).
+        step_size: stride of the window; None: ``window_size`` (windows touching
+            the right/bottom border are moved back inside, so they may overlap).
+        pre_filter_ratio: fraction of the lowest-scoring patches not explained, in [0, 1).
+        theta: patch values at or below it do not take part in the mean fusion.
+        pool: ``"mean"`` (spatial weighted average) or ``"max"``.
+        smooth: blur the fused map.
+        use_softmax_scores: score patches on the softmax of the model's output,
+            as the paper does; False uses the target on the raw output (for
+            models whose output is not class logits).
+        batch_size: patches per forward pass.
+        progress: show progress bars (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
+        **kwargs: passed to ``base_method`` when it is built (``batch_size`` and
+            ``progress`` are SESS's own and are not passed on).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from camlib import GradCAM
+        >>> from camlib.sess import SESS
+        >>> model = torchvision.models.resnet18(weights=None)
+        >>> with SESS(model, [model.layer4[-1]], base_method=GradCAM, num_scales=2, progress=False) as cam:
+        ...     maps = cam(torch.randn(2, 3, 32, 32))
+        >>> maps.shape, maps.dtype
+        ((2, 32, 32), dtype('float32'))
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layers: List[torch.nn.Module],
+        reshape_transform: Optional[Callable] = None,
+        base_method: Callable[..., Any] = GradCAM,
+        scales: Optional[List[int]] = None,
+        num_scales: int = 12,
+        scale_step_ratio: float = 2.0 / 7.0,
+        window_size: Optional[int] = None,
+        step_size: Optional[int] = None,
+        pre_filter_ratio: float = 0.0,
+        theta: float = 0.0,
+        pool: str = "mean",
+        smooth: bool = True,
+        use_softmax_scores: bool = True,
+        batch_size: int = 32,
+        *,
+        progress: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> None:
+        if pool not in ("mean", "max"):
+            raise ValueError(f"pool must be 'mean' (spatial weighted average) or 'max', got {pool!r}")
+        _check_number("pre_filter_ratio", pre_filter_ratio)
+        if not 0.0 <= pre_filter_ratio < 1.0:
+            raise ValueError(
+                f"pre_filter_ratio must be in [0, 1) (the fraction of patches left out; 0 keeps all), "
+                f"got {pre_filter_ratio}"
+            )
+        num_scales = _check_positive_int("num_scales", num_scales)
+        _check_number("scale_step_ratio", scale_step_ratio)
+        if not scale_step_ratio >= 0.0:
+            raise ValueError(f"scale_step_ratio must be >= 0, got {scale_step_ratio}")
+        _check_number("theta", theta)
+        if scales is not None:
+            if isinstance(scales, (int, np.integer)) or not isinstance(scales, Sequence) or not scales:
+                raise TypeError(
+                    f"scales must be a non-empty list of sizes of the shorter side (e.g. [224, 288]), or None; "
+                    f"got {scales!r}"
+                )
+            scales = [_check_positive_int("every scale", scale) for scale in scales]
+        if window_size is not None:
+            window_size = _check_positive_int("window_size", window_size)
+        if step_size is not None:
+            step_size = _check_positive_int("step_size", step_size)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        if isinstance(base_method, BaseCAM) or not callable(base_method):
+            raise TypeError(
+                f"base_method must be a CAM class such as GradCAM (SESS builds it), got "
+                f"{type(base_method).__name__} instance; pass the class itself: base_method=GradCAM"
+            )
+        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
+        self.model = model
+        self.device = _model_device(model)
+        self.scales = scales
+        self.num_scales = num_scales
+        self.scale_step_ratio = float(scale_step_ratio)
+        self.window_size = window_size
+        self.step_size = step_size
+        self.pre_filter_ratio = float(pre_filter_ratio)
+        self.theta = float(theta)
+        self.pool = pool
+        self.smooth = bool(smooth)
+        self.use_softmax_scores = bool(use_softmax_scores)
+        self.batch_size = batch_size
+        self.progress = progress
+
+    # -- configuration -------------------------------------------------------------------------
+    def get_scales(self, window_size: int) -> List[int]:
+        """The sizes the shorter side is resized to, for a given window size."""
+        if self.scales is not None:
+            return list(self.scales)
+        step = round(window_size * self.scale_step_ratio)
+        return [window_size + step * i for i in range(self.num_scales)]
+
+    # -- stages ------------------------------------------------------------------------------------
+    def _prepare_input(self, input_tensor: Any) -> torch.Tensor:
+        if not isinstance(input_tensor, torch.Tensor):
+            raise TypeError(
+                f"input_tensor must be a torch.Tensor [B, C, H, W], got {type(input_tensor).__name__}"
+                + (" (convert with torch.from_numpy)" if isinstance(input_tensor, np.ndarray) else "")
+            )
+        if input_tensor.ndim != 4:
+            hint = (
+                "; add the batch dimension with input_tensor.unsqueeze(0)" if input_tensor.ndim == 3 else ""
+            )
+            raise ValueError(
+                f"SESS works on 4-D image batches [B, C, H, W] (it resizes and slides over H and W), got shape "
+                f"{list(input_tensor.shape)}{hint}"
+            )
+        if not input_tensor.is_floating_point():
+            raise TypeError(f"input_tensor must be a floating-point tensor, got {input_tensor.dtype}")
+        if input_tensor.shape[0] == 0:
+            raise ValueError("input_tensor has an empty batch (shape[0] == 0)")
+        x = input_tensor.detach().to(self.device)
+        if x.is_inference():
+            x = x.clone()
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("input_tensor contains NaN or Inf values; check the preprocessing")
+        return x
+
+    def _resolve_targets(self, x: torch.Tensor, targets: Any) -> list:
+        """One callable per image; None (for all, or for one image) means its top class."""
+        batch = x.shape[0]
+        if targets is None:
+            targets = [None] * batch
+        elif callable(targets) and not isinstance(targets, (list, tuple)):
+            raise TypeError(
+                "targets must be a list with one target per image, got a single target; wrap it: [target]"
+            )
+        elif not isinstance(targets, (list, tuple)):
+            raise TypeError(
+                f"targets must be a list of callables (one per image) or None, got {type(targets).__name__}"
+            )
+        if len(targets) != batch:
+            raise ValueError(
+                f"got {len(targets)} targets for a batch of {batch} images; pass exactly one target per image "
+                "or targets=None for each image's top class"
+            )
+        for target in targets:
+            if target is not None and not callable(target):
+                raise TypeError(
+                    f"each target must be callable (e.g. ClassifierOutputTarget(281)) or None, got {type(target).__name__}"
+                )
+        if all(target is not None for target in targets):
+            return list(targets)
+        with torch.no_grad():
+            outputs = self.model(x)
+        if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+            shape = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise ValueError(
+                f"a target of None means the image's top class, which needs a [B, num_classes] output; the model "
+                f"returned {shape}. Pass a target for every image"
+            )
+        top = outputs.argmax(dim=-1).tolist()
+        return [
+            ClassifierOutputTarget(top[i]) if target is None else target for i, target in enumerate(targets)
+        ]
+
+    def _score_model(self, batch: torch.Tensor) -> Any:
+        outputs = self.model(batch)
+        if not self.use_softmax_scores:
+            return outputs
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(
+                f"use_softmax_scores=True applies a softmax to the model's output, but the model returned a "
+                f"{type(outputs).__name__}; pass use_softmax_scores=False"
+            )
+        return torch.softmax(outputs, dim=-1)
+
+    def _patch_scores(self, grid: _PatchGrid, targets: list, batch: int) -> torch.Tensor:
+        """``[B, P]`` target scores of every patch, clipped at 0. Input ``j`` is patch
+        ``j // B`` of image ``j % B`` (scale by scale, so each scale is resized once)."""
+
+        def make_inputs(start: int, stop: int) -> torch.Tensor:
+            flat = torch.arange(start, stop)
+            return grid.cut(flat // batch, flat % batch)
+
+        def targets_for(start: int, stop: int) -> list:
+            return [targets[j % batch] for j in range(start, stop)]
+
+        scores = batched_target_scores(
+            self._score_model,
+            len(grid) * batch,
+            make_inputs,
+            targets_for,
+            self.batch_size,
+            progress=self.progress,
+            desc="SESS scores",
+        )
+        return scores.reshape(len(grid), batch).t().clamp_min(0.0)
+
+    def _select(self, scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pre-filter and channel-wise weights: ``(patches, images, weights)`` of the
+        explained patches, sorted by patch (so by scale)."""
+        batch, num_patches = scores.shape
+        order = torch.argsort(scores, dim=1, stable=True)[:, int(num_patches * self.pre_filter_ratio) :]
+        kept = scores.gather(1, order)
+        best = scores.amax(dim=1, keepdim=True)
+        weights = torch.where(
+            best > 0, kept / torch.where(best > 0, best, torch.ones_like(best)), torch.ones_like(kept)
+        )
+        patches = order.flatten().cpu()
+        images = torch.arange(batch).repeat_interleave(order.shape[1])
+        by_patch = torch.argsort(patches * batch + images)
+        return patches[by_patch], images[by_patch], weights.flatten()[by_patch.to(weights.device)]
+
+    def _base_maps(
+        self, patches: torch.Tensor, targets: list, eigen_smooth: bool, aug_smooth: bool
+    ) -> torch.Tensor:
+        """The base method's maps of a batch of patches: ``[n, w, w]`` float32 on the device."""
+        base = self.base_cam
+        tensor_path = (
+            isinstance(base, BaseCAM)
+            and not aug_smooth
+            and type(base).__call__ is BaseCAM.__call__
+            and type(base).forward is BaseCAM.forward
+        )
+        if tensor_path:
+            maps = base._per_layer_maps(patches, targets, eigen_smooth)
+            result = base.aggregate_multi_layers(base._split_layers(maps))
+        else:
+            extra = {"aug_smooth": True} if aug_smooth else {}
+            result = base(patches, targets, eigen_smooth=eigen_smooth, **extra)
+        result = torch.as_tensor(result).to(device=self.device, dtype=torch.float32)
+        if tuple(result.shape) != (patches.shape[0], *patches.shape[-2:]):
+            raise ValueError(
+                f"the base method {type(base).__name__} returned maps of shape {list(result.shape)} for "
+                f"{patches.shape[0]} patches of {patches.shape[-2]}x{patches.shape[-1]}; SESS needs one 2-D map per patch"
+            )
+        return result
+
+    def _fuse(
+        self,
+        grid: _PatchGrid,
+        selection: tuple,
+        targets: list,
+        batch: int,
+        eigen_smooth: bool,
+        aug_smooth: bool,
+    ) -> torch.Tensor:
+        """Explain the selected patches chunk by chunk and fuse them: ``[B, H, W]``."""
+        patches, images, weights = selection
+        total = torch.zeros(batch, grid.height, grid.width, device=self.device)
+        counts = torch.zeros_like(total)
+        chunks = range(0, len(patches), self.batch_size)
+        for start in tqdm(chunks, desc="SESS maps", disable=not progress_enabled(self.progress), leave=False):
+            stop = min(start + self.batch_size, len(patches))
+            chunk_patches, chunk_images = patches[start:stop], images[start:stop]
+            inputs = grid.cut(chunk_patches, chunk_images)
+            maps = self._base_maps(
+                inputs, [targets[i] for i in chunk_images.tolist()], eigen_smooth, aug_smooth
+            )
+            placed = grid.paste(maps * weights[start:stop, None, None], chunk_patches)
+            rows = chunk_images.to(self.device)
+            if self.pool == "max":
+                total.scatter_reduce_(
+                    0, rows[:, None, None].expand_as(placed), placed, "amax", include_self=True
+                )
+            else:
+                counted = placed > self.theta
+                total.index_add_(0, rows, torch.where(counted, placed, torch.zeros_like(placed)))
+                counts.index_add_(0, rows, counted.float())
+        if self.pool == "max":
+            return total
+        return total / counts.clamp_min(1.0)
+
+    # -- the whole pipeline ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _model_in_eval(self) -> Iterator[None]:
+        flags = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in flags:
+                module.training = training
+
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        eigen_smooth: bool = False,
+        *,
+        aug_smooth: bool = False,
+    ) -> np.ndarray:
+        """Enhanced maps of a batch of images.
+
+        Args:
+            input_tensor: ``[B, C, H, W]`` float tensor.
+            targets: one callable per image, or None (for all images, or as an
+                entry for one image) for the image's top class.
+            eigen_smooth: passed to the base method for every patch.
+            aug_smooth: passed to the base method for every patch (test-time
+                augmentation of each patch; not in pytorch-grad-cam's SESS).
+
+        Returns:
+            ``np.float32 [B, H, W]`` maps in [0, 1].
+        """
+        with torch.inference_mode(False):
+            x = self._prepare_input(input_tensor)
+            batch, _, height, width = x.shape
+            window = self.window_size if self.window_size is not None else min(height, width)
+            step = self.step_size if self.step_size is not None else window
+            scales = self.get_scales(window)
+            for scale in scales:
+                if scale < window:
+                    raise ValueError(
+                        f"every scale must be at least the window size {window} (a patch is cut from the resized "
+                        f"image), got scale {scale}; raise the scales or lower window_size"
+                    )
+            grid = _PatchGrid(x, scales, window, step)
+            with self._model_in_eval():
+                targets = self._resolve_targets(x, targets)
+                scores = self._patch_scores(grid, targets, batch)
+                fused = self._fuse(grid, self._select(scores), targets, batch, eigen_smooth, aug_smooth)
+            if self.smooth:
+                fused = _gaussian_blur(fused)
+            return scale_cam_image(fused).cpu().numpy().astype(np.float32, copy=False)
+
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        eigen_smooth: bool = False,
+        *,
+        aug_smooth: bool = False,
+    ) -> np.ndarray:
+        """Same as :meth:`forward`."""
+        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=aug_smooth)
+
+    # -- lifetime -------------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Remove any hook the base method still holds (hooks only live during a call anyway)."""
+        release = getattr(self.base_cam, "release", None)
+        if release is not None:
+            release()
+
+    def __enter__(self) -> SESS:
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"SESS(base_method={type(self.base_cam).__name__}, pool={self.pool!r}, "
+            f"scales={self.scales if self.scales is not None else f'{self.num_scales} from the window size'})"
+        )
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
