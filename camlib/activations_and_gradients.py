@@ -78,6 +78,7 @@ class ActivationsAndGradients:
         #: forward pass before it then records no graph).
         self.enable_grad_at_targets = False
         self._captures: list[Optional[_Capture]] = []
+        self._checked = False
 
     # -- capture -----------------------------------------------------------------
     def _make_hook(self, index: int) -> Callable:
@@ -122,6 +123,7 @@ class ActivationsAndGradients:
     def clear(self) -> None:
         """Forget everything captured."""
         self._captures = [None] * len(self.target_layers)
+        self._checked = False
         self.activations = []
         self.gradients = []
 
@@ -136,7 +138,9 @@ class ActivationsAndGradients:
 
     # -- after the forward pass -------------------------------------------------
     def check_all_ran(self) -> None:
-        """Raise if a target layer did not run; warn if one ran more than once."""
+        """Raise if a target layer did not run; warn (once per call) if one ran more than once."""
+        if self._checked:
+            return
         for layer, capture in zip(self.target_layers, self._captures):
             if capture is None:
                 raise ValueError(
@@ -152,6 +156,7 @@ class ActivationsAndGradients:
                     "that runs once for an unambiguous map.",
                     stacklevel=4,
                 )
+        self._checked = True
 
     def differentiable_leaves(self) -> list[torch.Tensor]:
         """The captured tensors gradients can be taken with respect to, layer by layer."""

@@ -21,7 +21,6 @@ gradients never land in parameters' ``.grad``.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence
 
@@ -31,23 +30,13 @@ import ttach as tta
 from torch.utils._pytree import tree_map
 
 from camlib.activations_and_gradients import ActivationsAndGradients
+from camlib.utils.batched import score_outputs
 from camlib.utils.image import scale_cam_image
 from camlib.utils.model_targets import ClassifierOutputTarget
+from camlib.utils.progress import progress_enabled
 from camlib.utils.svd_on_activations import get_2d_projection
 
 __all__ = ["BaseCAM", "progress_enabled"]
-
-#: Set this environment variable to 1 to silence every camlib progress bar.
-PROGRESS_ENV = "CAMLIB_DISABLE_PROGRESS"
-
-
-def progress_enabled(progress: Optional[bool]) -> bool:
-    """Whether a progress bar should be shown: ``progress`` if given, else
-    on unless ``CAMLIB_DISABLE_PROGRESS`` is set to a true value."""
-    if progress is not None:
-        return bool(progress)
-    return os.environ.get(PROGRESS_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
-
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.parameters():
@@ -186,6 +175,10 @@ class BaseCAM:
             return get_2d_projection(weighted)
         return weighted.sum(dim=1)
 
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """A context the capturing forward and backward passes run in (none by default)."""
+        return contextlib.nullcontext()
+
     def compute_gradients(self, loss: torch.Tensor, leaves: Sequence[torch.Tensor]) -> Sequence[Optional[torch.Tensor]]:
         """Gradients of ``loss`` w.r.t. the captured tensors (None where unused)."""
         return torch.autograd.grad(loss, list(leaves), allow_unused=True)
@@ -261,8 +254,7 @@ class BaseCAM:
         return [ClassifierOutputTarget(int(c)) for c in outputs.argmax(dim=-1).tolist()]
 
     def _target_score(self, targets: list, outputs: Any) -> torch.Tensor:
-        scores = [torch.as_tensor(target(output)).sum() for target, output in zip(targets, outputs)]
-        return torch.stack(scores).sum()
+        return score_outputs(outputs, targets).sum()
 
     def _capture(self, x: torch.Tensor, targets: Optional[list]) -> tuple[torch.Tensor, list]:
         """Forward (+ gradients); fills ``self.activations_and_grads`` and ``self.outputs``."""
@@ -273,7 +265,11 @@ class BaseCAM:
         # Gradient methods record a graph only from the first target layer on,
         # unless the input gradient is needed too.
         capture.enable_grad_at_targets = grads_needed and not self.compute_input_gradient
-        with torch.inference_mode(False), torch.set_grad_enabled(grads_needed and self.compute_input_gradient):
+        with (
+            torch.inference_mode(False),
+            torch.set_grad_enabled(grads_needed and self.compute_input_gradient),
+            self.forward_context(),
+        ):
             outputs = capture(x)
             capture.check_all_ran()
             if targets is None:
@@ -299,8 +295,22 @@ class BaseCAM:
                     x.grad = torch.zeros_like(x) if input_grad is None else input_grad.detach()
                 del loss
         capture.finalize(x.shape[2:], leaf_grads)
+        if leaf_grads is not None and any(g is not None for g in leaf_grads):
+            self._warn_zero_gradients()
         self.outputs = _detach(outputs)
         return x, targets
+
+    def _warn_zero_gradients(self) -> None:
+        for layer, grads in zip(self.target_layers, self.activations_and_grads.gradients):
+            if not bool(grads.any()):
+                warnings.warn(
+                    f"the gradient of the target score w.r.t. target layer {repr(layer).splitlines()[0]} "
+                    "is zero everywhere, so its gradient-based map is blank. In a vision transformer the "
+                    "last block's patch tokens do not reach the class token: use an earlier block (e.g. "
+                    "model.encoder.layers[-2].ln_1 or model.blocks[-2].norm1) or a gradient-free method "
+                    "such as EigenCAM.",
+                    stacklevel=5,
+                )
 
     # -- stage 3 -----------------------------------------------------------------
     def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple:

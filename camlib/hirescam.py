@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from camlib._ops import reduce_channels
@@ -39,4 +41,10 @@ class HiResCAM(BaseCAM):
     """
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+        if eigen_smooth:
+            warnings.warn(
+                "eigen_smooth replaces HiResCAM's sum by a principal component, so the map loses "
+                "HiResCAM's faithfulness guarantee",
+                stacklevel=4,
+            )
         return hirescam_map(activations, grads, eigen_smooth)

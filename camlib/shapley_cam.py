@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camlib.base_cam import BaseCAM
 from camlib.grad_cam import grad_cam_weights
@@ -39,6 +41,10 @@ class ShapleyCAM(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64), [ClassifierOutputReST(3)]).shape
         (1, 64, 64)
     """
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        # Fused attention kernels have no double backward: use the math kernel.
+        return sdpa_kernel([SDPBackend.MATH])
 
     def compute_gradients(self, loss: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[Optional[torch.Tensor]]:
         leaves = list(leaves)

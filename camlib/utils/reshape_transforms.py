@@ -69,7 +69,7 @@ def _stride_mismatch(input_hw: Sequence[int], h: int, w: int) -> float:
 
 def _grid_candidates(n: int, input_hw: Sequence[int]):
     """All (mismatch, h, w) with h * w == n."""
-    for h in range(1, int(math.isqrt(n)) + 1):
+    for h in range(1, math.isqrt(n) + 1):
         if n % h == 0:
             for hh, ww in ((h, n // h), (n // h, h)):
                 yield _stride_mismatch(input_hw, hh, ww), hh, ww
@@ -80,7 +80,7 @@ def _infer_token_grid(num_tokens: int, input_hw: Sequence[int]) -> Optional[tupl
     best = None
     for prefix in range(min(num_tokens, MAX_PREFIX_TOKENS + 1)):
         n = num_tokens - prefix
-        if n <= 0:
+        if n < 4 * prefix:  # the grid must dominate the sequence
             break
         for mismatch, h, w in _grid_candidates(n, input_hw):
             if input_hw[0] * w == input_hw[1] * h:  # exact aspect ratio: take the fewest prefix tokens

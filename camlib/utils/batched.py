@@ -1,0 +1,100 @@
+"""The one loop for methods and metrics that score many perturbed inputs.
+
+ScoreCAM, AblationCAM and the perturbation metrics all need the same thing:
+run the model over N inputs that are built lazily, chunk by chunk, and apply
+each input's target to its output. Keeping that loop here means the chunking,
+progress bar, no-grad mode and device handling are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from tqdm.auto import tqdm
+
+from camlib.utils.progress import progress_enabled
+
+__all__ = ["batched_target_scores", "score_outputs", "split_outputs"]
+
+
+def split_outputs(outputs: Any, batch: int) -> list:
+    """One output per image from a model's batch output.
+
+    A tensor is split along its first dimension; a list of ``batch`` dicts
+    (torchvision detection models) is taken as it is; any other structure
+    (dict, tuple, named tuple) is split leaf by leaf, every tensor leaf that has
+    ``batch`` rows giving its i-th row to image i.
+    """
+    if isinstance(outputs, torch.Tensor):
+        if outputs.ndim == 0 or outputs.shape[0] != batch:
+            raise ValueError(
+                f"the model returned a tensor of shape {list(outputs.shape)} for a batch of {batch} images; "
+                "expected the batch as its first dimension"
+            )
+        return list(outputs.unbind(0))
+    if isinstance(outputs, (list, tuple)) and len(outputs) == batch and all(isinstance(o, Mapping) for o in outputs):
+        return list(outputs)
+    leaves, spec = tree_flatten(outputs)
+    batched = [isinstance(leaf, torch.Tensor) and leaf.ndim > 0 and leaf.shape[0] == batch for leaf in leaves]
+    if not any(batched):
+        raise ValueError(
+            f"cannot split the model's {type(outputs).__name__} output into {batch} per-image outputs: no "
+            "tensor in it has the batch as its first dimension; wrap the model so it returns a tensor"
+        )
+    return [
+        tree_unflatten([leaf[i] if is_batched else leaf for leaf, is_batched in zip(leaves, batched)], spec)
+        for i in range(batch)
+    ]
+
+
+def score_outputs(outputs: Any, targets: Sequence[Callable]) -> torch.Tensor:
+    """Apply ``targets[i]`` to the i-th image's output; one score per image.
+
+    The scores stay on the device (no ``.item()``), so there is no host sync per
+    sample. A target returning several values (e.g. ``RawScoresOutputTarget``)
+    contributes their sum.
+    """
+    per_image = split_outputs(outputs, len(targets))
+    scores = [torch.as_tensor(target(output)).reshape(-1).sum() for target, output in zip(targets, per_image)]
+    return torch.stack(scores).float()
+
+
+@torch.no_grad()
+def batched_target_scores(
+    model: Callable,
+    num_inputs: int,
+    make_inputs: Callable[[int, int], Any],
+    targets_for: Callable[[int, int], Sequence[Callable]],
+    batch_size: int,
+    progress: Optional[bool] = None,
+    desc: Optional[str] = None,
+) -> torch.Tensor:
+    """Score ``num_inputs`` lazily built inputs in chunks of ``batch_size``.
+
+    Args:
+        model: called on each chunk (anything ``make_inputs`` returns).
+        num_inputs: how many inputs there are.
+        make_inputs: ``(start, stop) -> batch`` for inputs ``start..stop-1``; built
+            only when needed, so the whole set never sits in memory at once.
+        targets_for: ``(start, stop) -> targets``, one callable per input of the chunk.
+        batch_size: inputs per forward pass.
+        progress: show a tqdm bar (None: see :func:`camlib.base_cam.progress_enabled`).
+        desc: the bar's label.
+
+    Returns:
+        float32 scores ``[num_inputs]`` on the model output's device.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    chunks = range(0, num_inputs, batch_size)
+    results = []
+    for start in tqdm(chunks, desc=desc, disable=not progress_enabled(progress), leave=False):
+        stop = min(start + batch_size, num_inputs)
+        outputs = model(make_inputs(start, stop))
+        results.append(score_outputs(outputs, targets_for(start, stop)))
+    if not results:
+        return torch.zeros(0)
+    return torch.cat(results)
