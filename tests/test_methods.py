@@ -1,0 +1,157 @@
+"""Every method x several architectures: contract of the output and hygiene of the model."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import ARCHS, assert_model_untouched, get_model, make_input, model_snapshot
+from methods import RANDOM_METHODS, build, method_names
+
+from camlib.utils.model_targets import ClassifierOutputTarget
+
+METHODS = method_names()
+
+
+def _not_applicable(method: str, arch: str) -> bool:
+    # CAM needs the layer right before pooling to feed the final linear layer directly.
+    return method == "CAM" and arch in ("vgg11", "mobilenet_v3_small", "densenet121")
+
+
+def test_every_method_is_collected():
+    expected = {
+        "GradCAM", "HiResCAM", "GradCAMElementWise", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "EigenCAM",
+        "EigenGradCAM", "KPCA_CAM", "ScoreCAM", "AblationCAM", "FullGrad", "FEM", "ShapleyCAM", "SegEigenCAM",
+        "RandomCAM", "FinerCAM", "RefineCAM", "CAM",
+    }
+    missing = expected - set(METHODS)
+    assert not missing, f"methods missing from camlib.__all__: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("method", METHODS)
+def test_method_on_architecture(method, arch):
+    model = get_model(arch)
+    _, layers_of, shape, num_classes = ARCHS[arch]
+    x = make_input(arch)
+    x_before = x.clone()
+    targets = [ClassifierOutputTarget((7 * i + 1) % num_classes) for i in range(shape[0])]
+    before = model_snapshot(model)
+    cam = build(method, model, layers_of(model))
+    if _not_applicable(method, arch):
+        with pytest.raises(ValueError, match="input features"):
+            cam(x, targets)
+        assert_model_untouched(model, before)
+        return
+    with cam, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        maps = cam(x, targets)
+    assert isinstance(maps, np.ndarray)
+    assert maps.dtype == np.float32
+    assert maps.shape == (shape[0], *shape[2:])
+    assert np.isfinite(maps).all()
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-5
+    assert torch.equal(x, x_before), "the input tensor was modified"
+    assert_model_untouched(model, before)
+
+
+BATCH_ARCHS = ["tiny_cnn", "resnet18", "tiny_3d"]
+
+
+@pytest.mark.parametrize("arch", BATCH_ARCHS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in RANDOM_METHODS])
+def test_batch_equals_single_images(method, arch):
+    """A map does not depend on the other images of the batch, and per-image targets are honoured."""
+    model = get_model(arch)
+    _, layers_of, _, num_classes = ARCHS[arch]
+    x = make_input(arch, seed=3)
+    targets = [ClassifierOutputTarget(0), ClassifierOutputTarget(2 % num_classes)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = build(method, model, layers_of(model))(x, targets)
+        single = [build(method, model, layers_of(model))(x[i : i + 1], [targets[i]])[0] for i in range(2)]
+    np.testing.assert_allclose(batch, np.stack(single), atol=2e-4)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("FullGrad",)])
+def test_per_layer_maps(method):
+    model = get_model("resnet18")
+    x = make_input("resnet18")
+    # CAM needs layers that feed the classifier's 512 features; the others compare two resolutions.
+    layers = [model.layer4[0], model.layer4[-1]] if method == "CAM" else [model.layer3[-1], model.layer4[-1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cam = build(method, model, layers)
+        torch.manual_seed(0)
+        per_layer = cam(x, per_layer=True)
+        torch.manual_seed(0)
+        mean = cam(x)
+    assert per_layer.shape == (2, 2, 64, 64)
+    assert per_layer.dtype == np.float32
+    assert per_layer.min() >= 0 and per_layer.max() <= 1 + 1e-5
+    if method not in ("RefineCAM",):
+        # the default output is the mean of the per-layer maps, rescaled
+        combined = per_layer.mean(axis=1)
+        combined = combined - combined.min(axis=(1, 2), keepdims=True)
+        combined = combined / (1e-7 + combined.max(axis=(1, 2), keepdims=True))
+        np.testing.assert_allclose(mean, combined, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_aug_smooth_and_eigen_smooth(method):
+    model = get_model("tiny_cnn")
+    x = make_input("tiny_cnn")
+    before = model_snapshot(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with build(method, model, ARCHS["tiny_cnn"][1](model)) as cam:
+            smooth = cam(x, aug_smooth=True)
+            eigen = cam(x, eigen_smooth=True)
+            both = cam(x, aug_smooth=True, eigen_smooth=True)
+    for maps in (smooth, eigen, both):
+        assert maps.shape == (2, 16, 16) and maps.dtype == np.float32
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-5
+    assert_model_untouched(model, before)
+
+
+def test_gradient_method_under_no_grad():
+    from camlib import GradCAM
+
+    model = get_model("resnet18")
+    x = make_input("resnet18")
+    expected = GradCAM(model, [model.layer4[-1]])(x)
+    with torch.no_grad():
+        got = GradCAM(model, [model.layer4[-1]])(x)
+    with torch.inference_mode():
+        got_inference = GradCAM(model, [model.layer4[-1]])(x)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got_inference, expected, atol=1e-6)
+    assert torch.is_grad_enabled()
+
+
+class _TargetError(Exception):
+    pass
+
+
+def _raising_target(output):
+    raise _TargetError("target failed")
+
+
+@pytest.mark.parametrize("arch", ["tiny_cnn", "tiny_3d"])
+@pytest.mark.parametrize("method", METHODS)
+def test_exception_mid_call_leaves_model_untouched(method, arch):
+    model = get_model(arch)
+    model.train()  # a training-mode model must come back in training mode
+    try:
+        before = model_snapshot(model)
+        cam = build(method, model, ARCHS[arch][1](model))
+        x = make_input(arch)
+        with pytest.raises(_TargetError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cam(x, [_raising_target] * x.shape[0])
+        assert_model_untouched(model, before)
+        assert torch.is_grad_enabled()
+    finally:
+        model.eval()
