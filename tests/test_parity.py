@@ -161,7 +161,7 @@ def test_reference_shapley_fails_on_fused_attention():
     x = make_input("vit_b_16")
     layers = [model.encoder.layers[-2].ln_1]
     transform = functools.partial(vit_reshape_transform, height=2, width=2)
-    with pytest.raises(RuntimeError, match="derivative for .*scaled_dot_product"):
+    with pytest.raises(RuntimeError, match=r"derivative for .*scaled_dot_product"):
         ref.ShapleyCAM(model, layers, reshape_transform=transform)(x, [ref_targets.ClassifierOutputReST(1)] * 2)
     model.zero_grad(set_to_none=True)
     from camlib.utils.model_targets import ClassifierOutputReST
