@@ -89,12 +89,13 @@ def batched_target_scores(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    chunks = range(0, num_inputs, batch_size)
     results = []
-    for start in tqdm(chunks, desc=desc, disable=not progress_enabled(progress), leave=False):
-        stop = min(start + batch_size, num_inputs)
-        outputs = model(make_inputs(start, stop))
-        results.append(score_outputs(outputs, targets_for(start, stop)))
+    with tqdm(total=num_inputs, desc=desc, disable=not progress_enabled(progress), leave=False, unit="input") as bar:
+        for start in range(0, num_inputs, batch_size):
+            stop = min(start + batch_size, num_inputs)
+            outputs = model(make_inputs(start, stop))
+            results.append(score_outputs(outputs, targets_for(start, stop)))
+            bar.update(stop - start)
     if not results:
         return torch.zeros(0)
     return torch.cat(results)
