@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torch.utils._pytree import tree_map
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.utils.batched import score_outputs
 from camlib.utils.image import scale_cam_image
+from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_enabled
 from camlib.utils.svd_on_activations import get_2d_projection
@@ -229,16 +230,6 @@ class BaseCAM:
         return list(targets)
 
     # -- stage 2 -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _model_in_eval(self) -> Iterator[None]:
-        flags = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for module, training in flags:
-                module.training = training
-
     def _default_targets(self, outputs: Any) -> list:
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(
@@ -347,7 +338,7 @@ class BaseCAM:
         """Stages 1-3: ``[B, L, *spatial]`` tensor of per-layer maps."""
         x = self._prepare_input(input_tensor)
         targets = self._check_targets(targets, x.shape[0])
-        with self._model_in_eval():
+        with eval_mode(self.model):
             try:
                 x, targets = self._capture(x, targets)
                 maps = self.compute_cam_per_layer(x, targets, eigen_smooth)

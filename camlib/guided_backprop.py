@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
+from camlib.utils.model_state import eval_mode
+
 __all__ = [
     "DeconvnetReLU",
     "DeconvnetReLUModel",
@@ -198,34 +200,28 @@ class _ReLURuleModel:
         if not input_img.is_floating_point():
             raise TypeError(f"input_img must be a floating point tensor, got dtype {input_img.dtype}")
         x = input_img.detach().to(self.device).requires_grad_(True)
-        training_flags = [(module, module.training) for module in self.model.modules()]
-        try:
-            self.model.eval()
-            with torch.enable_grad(), _relus_replaced(self.model, self._rule) as n_swapped:
-                if n_swapped == 0:
-                    warnings.warn(
-                        f"{type(self.model).__name__} has no torch.nn.ReLU modules, so {type(self).__name__} "
-                        "returns the plain input gradient; functional relu calls (F.relu, torch.relu) "
-                        "cannot be replaced",
-                        stacklevel=2,
-                    )
-                output = self.model(x)
-                if not isinstance(output, torch.Tensor):
-                    raise TypeError(
-                        f"the model returned {type(output).__name__}, expected a tensor of class scores "
-                        "[B, n_classes]; wrap the model so that forward returns the logits tensor"
-                    )
-                if output.ndim != 2 or output.shape[0] != x.shape[0]:
-                    raise ValueError(
-                        f"the model output has shape {tuple(output.shape)}, expected [B, n_classes] with "
-                        f"B = {x.shape[0]}; wrap the model so that forward returns one score vector per image"
-                    )
-                targets = _target_indices(target_category, output)
-                score = output.gather(1, targets[:, None]).sum()
-                (grad,) = torch.autograd.grad(score, x)
-        finally:
-            for module, flag in training_flags:
-                module.training = flag
+        with eval_mode(self.model), torch.enable_grad(), _relus_replaced(self.model, self._rule) as n_swapped:
+            if n_swapped == 0:
+                warnings.warn(
+                    f"{type(self.model).__name__} has no torch.nn.ReLU modules, so {type(self).__name__} "
+                    "returns the plain input gradient; functional relu calls (F.relu, torch.relu) "
+                    "cannot be replaced",
+                    stacklevel=2,
+                )
+            output = self.model(x)
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"the model returned {type(output).__name__}, expected a tensor of class scores "
+                    "[B, n_classes]; wrap the model so that forward returns the logits tensor"
+                )
+            if output.ndim != 2 or output.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"the model output has shape {tuple(output.shape)}, expected [B, n_classes] with "
+                    f"B = {x.shape[0]}; wrap the model so that forward returns one score vector per image"
+                )
+            targets = _target_indices(target_category, output)
+            score = output.gather(1, targets[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, x)
         maps = grad.permute(0, 2, 3, 1).float().cpu().numpy()
         return maps[0] if maps.shape[0] == 1 else maps
 

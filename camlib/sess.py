@@ -16,7 +16,6 @@ sampling as ``cv2.resize``) instead of building full-size canvases.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,6 +28,7 @@ from camlib.base_cam import BaseCAM, _model_device
 from camlib.grad_cam import GradCAM
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.image import scale_cam_image
+from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_enabled
 
@@ -549,16 +549,6 @@ class SESS:
         return total / counts.clamp_min(1.0)
 
     # -- the whole pipeline ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _model_in_eval(self) -> Iterator[None]:
-        flags = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
-            yield
-        finally:
-            for module, training in flags:
-                module.training = training
-
     def forward(
         self,
         input_tensor: torch.Tensor,
@@ -593,7 +583,7 @@ class SESS:
                         f"image), got scale {scale}; raise the scales or lower window_size"
                     )
             grid = _PatchGrid(x, scales, window, step)
-            with self._model_in_eval():
+            with eval_mode(self.model):
                 targets = self._resolve_targets(x, targets)
                 scores = self._patch_scores(grid, targets, batch)
                 fused = self._fuse(grid, self._select(scores), targets, batch, eigen_smooth, aug_smooth)

@@ -14,8 +14,7 @@ of :math:`H`, reshaped to ``[B, H, W]``, is where that concept appears.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from sklearn.decomposition import NMF
 
 from camlib.utils._display import create_labels_legend, show_factorization_on_image
 from camlib.utils.image import scale_cam_image
+from camlib.utils.model_state import eval_mode
 
 __all__ = ["DeepFeatureFactorization", "dff", "run_dff_on_image"]
 
@@ -84,19 +84,6 @@ def _device_of(module: Any, default: torch.device) -> torch.device:
         if first is not None:
             return first.device
     return default
-
-
-@contextmanager
-def _eval_mode(module: Any) -> Iterator[None]:
-    """Put ``module`` (if it is an ``nn.Module``) in eval mode; restore every submodule's flag on exit."""
-    flags = [(m, m.training) for m in module.modules()] if isinstance(module, torch.nn.Module) else []
-    try:
-        for submodule, _ in flags:
-            submodule.training = False
-        yield
-    finally:
-        for submodule, flag in flags:
-            submodule.training = flag
 
 
 class DeepFeatureFactorization:
@@ -180,7 +167,7 @@ class DeepFeatureFactorization:
 
         handle = self.target_layer.register_forward_hook(keep_output)
         try:
-            with _eval_mode(self.model), torch.no_grad():
+            with eval_mode(self.model), torch.no_grad():
                 self.model(input_tensor)
         finally:
             handle.remove()
@@ -234,7 +221,7 @@ class DeepFeatureFactorization:
             return concepts, processed
         target = _device_of(self.computation_on_concepts, device)
         concept_tensor = torch.from_numpy(np.float32(concepts).T.copy()).to(target)
-        with _eval_mode(self.computation_on_concepts), torch.no_grad():
+        with eval_mode(self.computation_on_concepts), torch.no_grad():
             concept_outputs = self.computation_on_concepts(concept_tensor)
         if not isinstance(concept_outputs, torch.Tensor):
             raise TypeError(

@@ -26,15 +26,15 @@ reversed the same way). Here both modes remove the most relevant pixels
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import numbers
-from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from camlib.utils.batched import batched_target_scores
+from camlib.utils.model_state import eval_mode
 
 __all__ = [
     "AveragerAcrossThresholds",
@@ -67,21 +67,6 @@ def _device_of(model: Any, fallback: torch.device) -> torch.device:
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             return tensor.device
     return fallback
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode for the call only: every module's ``training`` flag is restored."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _as_cam_tensor(cams: Any, name: str = "cams") -> torch.Tensor:
@@ -379,7 +364,7 @@ class PerturbationConfidenceMetric:
             perturbed images ``[B, C, H, W]`` on ``input_tensor``'s device.
         """
         x, cam_tensor, targets, _ = _check_metric_inputs(input_tensor, cams, targets, model)
-        with _eval_mode(model):
+        with eval_mode(model):
             scores, perturbed = _perturbed_scores(
                 model,
                 [self.perturbation],
@@ -593,7 +578,7 @@ def _stacked_scores(
             for m in metrics
         ]
         return torch.stack(rows).to(device)
-    with _eval_mode(model):
+    with eval_mode(model):
         perturbed, _ = _perturbed_scores(
             model, [m.perturbation for m in metrics], x, cam_tensor, targets, batch_size, progress, desc
         )
