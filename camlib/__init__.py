@@ -3,20 +3,31 @@
 Replace ``pytorch_grad_cam`` with ``camlib`` in your imports.
 """
 
+import camlib.metrics.cam_mult_image  # the reference exposes these submodules from its root
+import camlib.metrics.road  # noqa: F401
+from camlib.ablation_cam import AblationCAM
+from camlib.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.base_cam import BaseCAM
 from camlib.cam import CAM
 from camlib.eigen_cam import EigenCAM
 from camlib.eigen_grad_cam import EigenGradCAM
+from camlib.feature_factorization.deep_feature_factorization import DeepFeatureFactorization, run_dff_on_image
 from camlib.fem import FEM
+from camlib.finer_cam import FinerCAM
+from camlib.fullgrad_cam import FullGrad
 from camlib.grad_cam import GradCAM
 from camlib.grad_cam_elementwise import GradCAMElementWise
 from camlib.grad_cam_plusplus import GradCAMPlusPlus
+from camlib.guided_backprop import DeconvnetReLUModel, GuidedBackpropReLUModel, guided_grad_cam
 from camlib.hirescam import HiResCAM
 from camlib.kpca_cam import KPCA_CAM
 from camlib.layer_cam import LayerCAM
 from camlib.random_cam import RandomCAM
+from camlib.refine_cam import RefineCAM
+from camlib.score_cam import ScoreCAM
 from camlib.seg_eigen_cam import SegEigenCAM
+from camlib.sess import SESS
 from camlib.shapley_cam import ShapleyCAM
 from camlib.utils import model_targets, reshape_transforms
 from camlib.xgrad_cam import XGradCAM
@@ -27,19 +38,33 @@ __all__ = [
     "CAM",
     "FEM",
     "KPCA_CAM",
+    "SESS",
+    "AblationCAM",
+    "AblationLayer",
+    "AblationLayerFasterRCNN",
+    "AblationLayerVit",
     "ActivationsAndGradients",
     "BaseCAM",
+    "DeconvnetReLUModel",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
+    "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GuidedBackpropReLUModel",
     "HiResCAM",
     "LayerCAM",
     "RandomCAM",
+    "RefineCAM",
+    "ScoreCAM",
     "SegEigenCAM",
     "ShapleyCAM",
     "XGradCAM",
+    "guided_grad_cam",
     "model_targets",
     "reshape_transforms",
+    "run_dff_on_image",
 ]

@@ -145,19 +145,41 @@ def _raising_target(output):
     raise _TargetError("target failed")
 
 
+#: Methods that never call the targets (class-agnostic, or CAM reading ``target.category``).
+TARGETS_NOT_CALLED = {"EigenCAM", "FEM", "KPCA_CAM", "RandomCAM", "CAM"}
+
+
+def _raise_in_forward(module, args, output):
+    raise _TargetError("the model failed mid-forward")
+
+
+@pytest.mark.parametrize("where", ["forward", "target"])
 @pytest.mark.parametrize("arch", ["tiny_cnn", "tiny_3d"])
 @pytest.mark.parametrize("method", METHODS)
-def test_exception_mid_call_leaves_model_untouched(method, arch):
+def test_exception_mid_call_leaves_model_untouched(method, arch, where):
+    if where == "target" and method in TARGETS_NOT_CALLED:
+        pytest.skip(f"{method} never calls the targets")
     model = get_model(arch)
     model.train()  # a training-mode model must come back in training mode
+    handle = None
     try:
         before = model_snapshot(model)
         cam = build(method, model, ARCHS[arch][1](model))
         x = make_input(arch)
+        targets = None
+        if where == "target":
+            targets = [_raising_target] * x.shape[0]
+        else:
+            handle = model.fc.register_forward_hook(_raise_in_forward)
         with pytest.raises(_TargetError), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cam(x, [_raising_target] * x.shape[0])
+            cam(x, targets)
+        if handle is not None:
+            handle.remove()
+            handle = None
         assert_model_untouched(model, before)
         assert torch.is_grad_enabled()
     finally:
+        if handle is not None:
+            handle.remove()
         model.eval()

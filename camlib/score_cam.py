@@ -1,0 +1,142 @@
+"""Score-CAM: a channel's weight is the target score of the input masked by that channel.
+
+Every channel of the target layer is upsampled to the input's size, min-max
+normalised, and multiplied into the input; the model scores each masked input,
+and the softmax of the scores over the channels gives the weights.
+
+Masked inputs are built chunk by chunk (never all ``B x C`` of them at once).
+Channels that give the same mask are scored once: channels with identical
+values share one forward pass, and every constant channel (all zeros, for
+example, common after a ReLU) gives the all-zero mask, scored once per image.
+
+Differences from pytorch-grad-cam 1.5.7, on purpose:
+
+* A constant channel's mask is exactly zero, as the formula says. In
+  pytorch-grad-cam, upsampling a constant non-zero channel leaves rounding
+  noise (~1e-7) that the min-max normalisation blows up to a mask of values
+  up to ~1. All-zero channels, and everything else, give the same masks.
+* 5-D input (volumes, clips) is supported: masks are upsampled trilinearly.
+* One progress bar for the whole call (``progress=False`` or
+  ``CAMLIB_DISABLE_PROGRESS=1`` silences it), not one per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from camlib.base_cam import BaseCAM
+from camlib.utils.batched import batched_target_scores
+
+__all__ = ["ScoreCAM", "distinct_channel_maps", "score_cam_masks"]
+
+#: Added to the range of each upsampled channel before dividing by it.
+MASK_EPS = 1e-8
+
+
+def distinct_channel_maps(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct channel maps of each image, constant maps replaced by zeros.
+
+    Args:
+        activations: ``[B, C, *S]``.
+
+    Returns:
+        ``(maps, image, inverse)``: ``maps [U, *S]`` the distinct maps (grouped by
+        image), ``image [U]`` the image each belongs to, and ``inverse [B * C]``
+        the row of ``maps`` for each (image, channel).
+    """
+    batch, channels = activations.shape[:2]
+    flat = activations.reshape(batch * channels, -1)
+    constant = flat.amax(dim=1) == flat.amin(dim=1)
+    flat = torch.where(constant[:, None], torch.zeros_like(flat), flat)
+    image = torch.arange(batch, device=flat.device, dtype=flat.dtype).repeat_interleave(channels)
+    keys = torch.cat([image[:, None], flat], dim=1)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    maps = unique[:, 1:].reshape(-1, *activations.shape[2:])
+    return maps, unique[:, 0].long(), inverse
+
+
+def score_cam_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
+    """Score-CAM masks: ``[n, *s]`` channel maps upsampled to ``size`` ((bi/tri)linear,
+    corners aligned) and min-max normalised per map: ``[n, *size]`` in [0, 1]."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
+    upsampled = F.interpolate(maps[:, None].float(), size=tuple(size), mode=mode, align_corners=True)[:, 0]
+    flat = upsampled.reshape(upsampled.shape[0], -1)
+    view = (-1,) + (1,) * (upsampled.ndim - 1)
+    low = flat.amin(dim=1).view(view)
+    high = flat.amax(dim=1).view(view)
+    return (upsampled - low) / (high - low + MASK_EPS)
+
+
+class ScoreCAM(BaseCAM):
+    r"""Score-CAM.
+
+    Wang et al., "Score-CAM: Score-Weighted Visual Explanations for
+    Convolutional Neural Networks", CVPR Workshops 2020. https://arxiv.org/abs/1910.01279
+
+    .. math::
+        M_k = \frac{U(A^k) - \min U(A^k)}{\max U(A^k) - \min U(A^k) + 10^{-8}}, \qquad
+        w^c = \mathrm{softmax}_k\big(y^c(X \odot M_k)\big), \qquad
+        L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big)
+
+    with :math:`U` (bi/tri)linear upsampling to the input's size, corners aligned.
+
+    Cost: one forward pass, then one per distinct channel map per image
+    (``batch_size`` masked inputs at a time, 16 by default); no backward pass.
+    Output: ``np.float32 [B, H, W]`` (``[B, D, H, W]`` for 5-D input) in [0, 1].
+
+    Args:
+        model: the network; not modified.
+        target_layers: layers whose channels mask the input.
+        reshape_transform: turns a layer's output into ``[B, C, *spatial]``.
+        **kwargs: passed to :class:`~camlib.base_cam.BaseCAM` (``batch_size``,
+            ``progress``, ...).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from camlib import ScoreCAM
+        >>> model = torchvision.models.resnet18(weights=None)
+        >>> with ScoreCAM(model, [model.layer4[-1]], batch_size=128, progress=False) as cam:
+        ...     maps = cam(torch.randn(1, 3, 64, 64))
+        >>> maps.shape
+        (1, 64, 64)
+    """
+
+    uses_gradients: ClassVar[bool] = False
+    default_batch_size: ClassVar[int] = 16
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layers: List[torch.nn.Module],
+        reshape_transform: Optional[Callable] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        batch, channels = activations.shape[:2]
+        maps, image, inverse = distinct_channel_maps(activations)
+        image_of = image.tolist()
+        size = tuple(input_tensor.shape[2:])
+
+        def make_inputs(start: int, stop: int) -> torch.Tensor:
+            masks = score_cam_masks(maps[start:stop], size).to(input_tensor.dtype)
+            return input_tensor[image[start:stop]] * masks[:, None]
+
+        def targets_for(start: int, stop: int) -> list:
+            return [targets[i] for i in image_of[start:stop]]
+
+        scores = batched_target_scores(
+            self.model,
+            len(image_of),
+            make_inputs,
+            targets_for,
+            self.batch_size,
+            self.progress,
+            desc="ScoreCAM",
+        )
+        scores = scores.to(activations.device)[inverse].reshape(batch, channels)
+        return torch.softmax(scores, dim=-1)
