@@ -2,9 +2,14 @@
 
 Run ``python -m camlib.demo.train --out camlib/demo`` to reproduce the shipped
 ``demo_weights.pt``, ``demo_model_card.json`` and ``sample.png``. With the
-defaults it takes about 8 minutes on 2 CPU cores. Training is deterministic for
-a given seed, thread count and torch build: the data are a pure function of
-their seeds, and torch's generator is seeded.
+defaults it uses about 10 CPU-minutes (2 threads). On the project's shared
+2-core machine, with other jobs keeping the load average at 4-7, three runs
+took 12.4, 15.0 and 16.1 minutes of wall time; an unshared 2-core machine
+should need a few minutes (one training step of 32 images took 0.055 s there
+when it was idle). Fewer epochs do not reach the card's quality (4 epochs gave
+a held-out mAP of 0.92). Training is deterministic for a given seed, thread
+count and torch build (repeated runs wrote byte-identical weights): the data
+are a pure function of their seeds, and torch's generator is seeded.
 
 Protocol: a fixed set of ``--train-images`` images of the train split is
 rendered once (quantised to 8 bits, like a PNG), then the model is trained for
