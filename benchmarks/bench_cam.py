@@ -1,0 +1,617 @@
+"""camlib against pytorch-grad-cam 1.5.7 and torchcam 0.5.0, side by side in one process.
+
+Usage::
+
+    python benchmarks/bench_cam.py                          # every suite, CPU
+    python benchmarks/bench_cam.py --suites gradient --models resnet50 --batches 8
+    python benchmarks/bench_cam.py --suites scorecam memory leak
+    python benchmarks/bench_cam.py --device cuda            # batch 64, synchronised timings
+    python benchmarks/bench_cam.py --out docs/bench         # + bench.json and bench.md
+
+Suites:
+
+* ``gradient``: GradCAM, HiResCAM, GradCAM++, XGradCAM, LayerCAM, EigenGradCAM
+  and GradCAMElementWise on ``layer4[-1]`` of resnet18/resnet50, 224x224, for each
+  batch size. The floor is one inference forward pass of the model
+  (``torch.inference_mode``), timed in the same rounds.
+* ``ablation``: AblationCAM on ``layer4[-1]``, batch 1 (camlib and grad-cam;
+  torchcam has no Ablation-CAM), with the largest difference between the maps.
+* ``scorecam``: ScoreCAM on resnet18 ``layer4[-1]``, batch 8 at 64x64, the same
+  chunk size for every library. The floor is the forward passes over exactly
+  the masked inputs camlib has to score (its distinct masks), prebuilt and timed
+  on their own.
+* ``memory``: peak extra memory of one ScoreCAM call (the ``scorecam`` setting):
+  on the CPU, each library runs in a fresh subprocess and the peak resident set
+  (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call) is
+  compared with the resident set before it; on CUDA,
+  ``torch.cuda.max_memory_allocated`` around the call.
+* ``leak``: 1000 consecutive GradCAM calls on resnet18 (one 224x224 image):
+  growth of the resident set, and whether any tensor the autograd graph saved
+  is still alive after a call (tracked with ``saved_tensors_hooks``).
+
+Timing: every round runs each participant once, in turn (A B C A B C ...), so
+all of them see the same machine load; the tables report medians over rounds
+and ratios of medians. A participant is one complete explanation of the batch
+as its library's users write it: camlib and grad-cam ``cam(x, targets)``
+(returning normalised maps at the input's size as numpy), torchcam
+``out = model(x); extractor(class_idx, out)`` (maps at the layer's resolution,
+as tensors). CAM objects are built once per setting, outside the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torchvision
+
+import camlib
+from camlib.score_cam import distinct_channel_maps, score_cam_masks
+from camlib.utils.model_targets import ClassifierOutputTarget
+
+__all__ = ["main"]
+
+#: Benchmark name -> class name in (camlib, pytorch_grad_cam, torchcam.methods); None: not offered.
+GRADIENT_METHODS = {
+    "GradCAM": ("GradCAM", "GradCAM", "GradCAM"),
+    "HiResCAM": ("HiResCAM", "HiResCAM", None),
+    "GradCAM++": ("GradCAMPlusPlus", "GradCAMPlusPlus", "GradCAMpp"),
+    "XGradCAM": ("XGradCAM", "XGradCAM", "XGradCAM"),
+    "LayerCAM": ("LayerCAM", "LayerCAM", "LayerCAM"),
+    "EigenGradCAM": ("EigenGradCAM", "EigenGradCAM", None),
+    "GradCAMElementWise": ("GradCAMElementWise", "GradCAMElementWise", None),
+}
+LIBRARIES = ("camlib", "grad-cam", "torchcam")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _quiet() -> contextlib.ExitStack:
+    """Silence warnings and the reference's tqdm bars (it cannot switch them off)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+def _model(name: str, device: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval().to(device)
+
+
+def _inputs(batch: int, size: int, device: str) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def _classes(batch: int) -> list[int]:
+    return [(7 * i + 3) % 1000 for i in range(batch)]
+
+
+def interleaved(participants: dict[str, Callable[[], Any]], rounds: int, device: str, label: str) -> dict:
+    """Median seconds of each participant over ``rounds`` rounds, run in turn."""
+    for run in participants.values():  # warm-up: lazy inits, first trace, allocator
+        with _quiet():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in participants}
+    for index in range(rounds):
+        for name, run in participants.items():
+            _sync(device)
+            with _quiet():
+                start = time.perf_counter()
+                run()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+        summary = "  ".join(f"{n} {times[n][-1] * 1e3:8.1f} ms" for n in participants)
+        print(f"  {label} round {index + 1}/{rounds}: {summary}", flush=True)
+    return {name: {"median_s": statistics.median(t), "all_s": t} for name, t in times.items()}
+
+
+def camlib_runner(cls: type, model, layers, x, targets, **kwargs) -> Callable[[], Any]:
+    """One camlib explanation; the CAM object is built and released inside, like the peers'."""
+
+    def run():
+        with cls(model, layers, progress=False, **kwargs) as cam:
+            return cam(x, targets)
+
+    return run
+
+
+def reference_runner(cls: type, model, layers, x, targets, attributes=None, **kwargs) -> Callable[[], Any]:
+    """One pytorch-grad-cam explanation. Its hooks live only inside the run, so they
+    never slow down another library's turn."""
+
+    def run():
+        with cls(model, layers, **kwargs) as cam:
+            for name, value in (attributes or {}).items():
+                setattr(cam, name, value)
+            return cam(input_tensor=x, targets=targets)
+
+    return run
+
+
+def torchcam_runner(cls: type, model, layer, x, classes, needs_grad=True, **kwargs) -> Callable[[], Any]:
+    """One torchcam explanation: the user's forward, then the extractor."""
+
+    def run():
+        with cls(model, layer, input_shape=tuple(x.shape[1:]), **kwargs) as extractor:
+            with torch.set_grad_enabled(needs_grad):
+                out = model(x)
+            maps = extractor(classes, out)
+        model.zero_grad(set_to_none=True)
+        return maps
+
+    return run
+
+
+def _load_loadavg() -> Optional[list[float]]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def machine_info(device: str) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "camlib": camlib.__version__,
+        "device": device,
+        "loadavg_start": _load_loadavg(),
+    }
+    for module, key in (("pytorch_grad_cam", "grad-cam"), ("torchcam", "torchcam")):
+        try:
+            from importlib.metadata import version
+
+            info[key] = version({"pytorch_grad_cam": "grad-cam"}.get(module, module))
+        except Exception:  # not installed: that library's columns stay empty
+            info[key] = None
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def gradient_suite(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    have_reference, have_torchcam = _have("pytorch_grad_cam"), _have("torchcam")
+    for model_name in args.models:
+        model = _model(model_name, args.device)
+        layer = model.layer4[-1]
+        for batch in args.batches:
+            x = _inputs(batch, args.size, args.device)
+            classes = _classes(batch)
+            targets = [ClassifierOutputTarget(c) for c in classes]
+
+            def forward(x=x, model=model):
+                with torch.inference_mode():
+                    return model(x)
+
+            for method in args.methods:
+                ours_name, ref_name, tc_name = GRADIENT_METHODS[method]
+                participants: dict[str, Callable] = {
+                    "forward": forward,
+                    "camlib": camlib_runner(getattr(camlib, ours_name), model, [layer], x, targets),
+                }
+                if have_reference:
+                    import pytorch_grad_cam
+
+                    participants["grad-cam"] = reference_runner(
+                        getattr(pytorch_grad_cam, ref_name), model, [layer], x, targets
+                    )
+                if have_torchcam and tc_name:
+                    import torchcam.methods
+
+                    participants["torchcam"] = torchcam_runner(
+                        getattr(torchcam.methods, tc_name), model, layer, x, classes
+                    )
+                timed = interleaved(participants, args.rounds, args.device, f"{method} {model_name} b{batch}")
+                model.zero_grad(set_to_none=True)
+                floor = timed["forward"]["median_s"]
+                row = {"suite": "gradient", "method": method, "model": model_name, "batch": batch,
+                       "size": args.size, "floor": "1 inference forward", "floor_s": floor}
+                for lib in LIBRARIES:
+                    if lib in timed:
+                        row[f"{lib}_s"] = timed[lib]["median_s"]
+                        row[f"{lib}_x_floor"] = timed[lib]["median_s"] / floor
+                rows.append(row)
+    return rows
+
+
+def ablation_suite(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    have_reference = _have("pytorch_grad_cam")
+    for model_name in args.models:
+        model = _model(model_name, args.device)
+        layer = model.layer4[-1]
+        x = _inputs(1, args.size, args.device)
+        targets = [ClassifierOutputTarget(_classes(1)[0])]
+        channels = layer.conv1.in_channels  # a Bottleneck/BasicBlock's output channels
+        maps = {}
+
+        def keep(name, run, maps=maps):
+            return lambda: maps.__setitem__(name, run())
+
+        bs = args.ablation_batch_size
+        participants = {"camlib": keep("camlib", camlib_runner(camlib.AblationCAM, model, [layer], x, targets,
+                                                               batch_size=bs))}
+        if have_reference:
+            import pytorch_grad_cam
+
+            participants["grad-cam"] = keep(
+                "grad-cam", reference_runner(pytorch_grad_cam.AblationCAM, model, [layer], x, targets, batch_size=bs)
+            )
+        timed = interleaved(participants, args.ablation_rounds, args.device, f"AblationCAM {model_name}")
+        model.zero_grad(set_to_none=True)
+        row = {"suite": "ablation", "method": "AblationCAM", "model": model_name, "batch": 1,
+               "size": args.size, "floor": f"1 forward + {channels} ablated passes", "floor_s": None,
+               "camlib_s": timed["camlib"]["median_s"]}
+        if "grad-cam" in timed:
+            row["grad-cam_s"] = timed["grad-cam"]["median_s"]
+            row["speedup_vs_grad-cam"] = row["grad-cam_s"] / row["camlib_s"]
+            row["max_abs_diff"] = float(np.abs(maps["camlib"] - maps["grad-cam"]).max())
+        rows.append(row)
+    return rows
+
+
+def _scorecam_setting(args: argparse.Namespace):
+    model = _model("resnet18", args.device)
+    x = _inputs(args.scorecam_batch, args.scorecam_size, args.device)
+    classes = _classes(args.scorecam_batch)
+    return model, model.layer4[-1], x, classes
+
+
+def scorecam_masked_inputs(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Exactly the masked inputs camlib's ScoreCAM scores: one per distinct channel map."""
+    captured = []
+    handle = layer.register_forward_hook(lambda m, a, out: captured.append(out.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    maps, image, _ = distinct_channel_maps(captured[0])
+    return x[image] * score_cam_masks(maps, tuple(x.shape[2:]))[:, None]
+
+
+def scorecam_runners(model, layer, x, classes, chunk) -> dict[str, Callable]:
+    """One ScoreCAM explanation per library, all scoring ``chunk`` masked inputs per forward."""
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    runners = {"camlib": camlib_runner(camlib.ScoreCAM, model, [layer], x, targets, batch_size=chunk)}
+    if _have("pytorch_grad_cam"):
+        import pytorch_grad_cam
+
+        # the reference reads its chunk size from this attribute when it exists
+        runners["grad-cam"] = reference_runner(
+            pytorch_grad_cam.ScoreCAM, model, [layer], x, targets, attributes={"batch_size": chunk}
+        )
+    if _have("torchcam"):
+        import torchcam.methods
+
+        runners["torchcam"] = torchcam_runner(
+            torchcam.methods.ScoreCAM, model, layer, x, classes, needs_grad=False, batch_size=chunk
+        )
+    return runners
+
+
+def scorecam_suite(args: argparse.Namespace) -> list[dict]:
+    model, layer, x, classes = _scorecam_setting(args)
+    chunk = args.scorecam_chunk
+    masked = scorecam_masked_inputs(model, layer, x)
+
+    def floor():
+        with torch.no_grad():
+            for start in range(0, masked.shape[0], chunk):
+                model(masked[start : start + chunk])
+
+    participants = {"floor": floor, **scorecam_runners(model, layer, x, classes, chunk)}
+    timed = interleaved(participants, args.scorecam_rounds, args.device, "ScoreCAM resnet18")
+    floor_s = timed["floor"]["median_s"]
+    row = {"suite": "scorecam", "method": "ScoreCAM", "model": "resnet18", "batch": args.scorecam_batch,
+           "size": args.scorecam_size, "floor": f"{masked.shape[0]} masked inputs (of "
+           f"{x.shape[0] * layer.conv1.in_channels}) in chunks of {chunk}", "floor_s": floor_s}
+    for lib in LIBRARIES:
+        if lib in timed:
+            row[f"{lib}_s"] = timed[lib]["median_s"]
+            row[f"{lib}_x_floor"] = timed[lib]["median_s"] / floor_s
+    return [row]
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_scorecam_memory(library: str, args: argparse.Namespace) -> float:
+    """Peak extra memory (MiB) of one ScoreCAM call by ``library``, in this process."""
+    model, layer, x, classes = _scorecam_setting(args)
+    run = scorecam_runners(model, layer, x, classes, args.scorecam_chunk)[library]
+    gc.collect()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with _quiet():
+            run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+    before = _proc_status_kib("VmRSS")
+    with _quiet():
+        run()
+    return (_proc_status_kib("VmHWM") - before) / 1024
+
+
+def memory_suite(args: argparse.Namespace) -> list[dict]:
+    row = {"suite": "memory", "method": "ScoreCAM", "model": "resnet18", "batch": args.scorecam_batch,
+           "size": args.scorecam_size, "device": args.device}
+    libraries = ["camlib"] + [lib for lib, mod in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam"))
+                              if _have(mod)]
+    samples: dict[str, list[float]] = {lib: [] for lib in libraries}
+    for index in range(args.memory_rounds):
+        for lib in libraries:
+            command = [sys.executable, __file__, "--measure-memory", lib, "--device", args.device,
+                       "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size),
+                       "--scorecam-chunk", str(args.scorecam_chunk)]
+            # Fixed mmap threshold: large freed buffers go back to the OS, so the
+            # resident set before the call is not inflated by earlier allocations.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "CAMLIB_DISABLE_PROGRESS": "1"}
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+            samples[lib].append(float(done.stdout.strip().splitlines()[-1]))
+            print(f"  memory round {index + 1}/{args.memory_rounds}: {lib} +{samples[lib][-1]:.0f} MiB", flush=True)
+    for lib in libraries:
+        row[f"{lib}_peak_extra_mib"] = statistics.median(samples[lib])
+    return [row]
+
+
+class SavedTensorCounter:
+    """Counts the tensors autograd saved for backward that are still alive."""
+
+    def __init__(self) -> None:
+        self.alive: weakref.WeakSet = weakref.WeakSet()
+
+    def pack(self, tensor: torch.Tensor) -> Any:
+        box = _Box(tensor)
+        self.alive.add(box)
+        return box
+
+    @staticmethod
+    def unpack(box: Any) -> torch.Tensor:
+        return box.tensor
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+
+class _Box:
+    __slots__ = ("__weakref__", "tensor")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+def _rss_mib() -> float:
+    return _proc_status_kib("VmRSS") / 1024
+
+
+def leak_suite(args: argparse.Namespace) -> list[dict]:
+    model = _model("resnet18", args.device)
+    layer = model.layer4[-1]
+    x = _inputs(1, args.size, args.device)
+    targets = [ClassifierOutputTarget(3)]
+    rows = []
+    libraries = ["camlib"] + (["grad-cam"] if args.leak_reference and _have("pytorch_grad_cam") else [])
+    for lib in libraries:
+        # One CAM object for all the calls, the way a notebook or a data loop uses it.
+        if lib == "camlib":
+            cam = camlib.GradCAM(model, [layer], progress=False)
+            run = functools.partial(cam, x, targets)
+        else:
+            import pytorch_grad_cam
+
+            cam = pytorch_grad_cam.GradCAM(model, [layer])
+            run = functools.partial(cam, input_tensor=x, targets=targets)
+        counter = SavedTensorCounter()
+        with _quiet(), counter.hooks():
+            run()
+            gc.collect()
+            graph_alive = len(counter.alive)
+        for _ in range(args.leak_warmup):
+            with _quiet():
+                run()
+        gc.collect()
+        start = _rss_mib()
+        began = time.perf_counter()
+        for index in range(args.leak_calls):
+            with _quiet():
+                run()
+            if (index + 1) % 200 == 0:
+                print(f"  leak {lib}: {index + 1}/{args.leak_calls} calls, RSS {_rss_mib():.0f} MiB", flush=True)
+        gc.collect()
+        growth = _rss_mib() - start
+        cam.__exit__(None, None, None)
+        model.zero_grad(set_to_none=True)
+        rows.append({"suite": "leak", "library": lib, "model": "resnet18", "calls": args.leak_calls,
+                     "size": args.size, "rss_growth_mib": growth,
+                     "saved_tensors_alive_after_call": graph_alive,
+                     "seconds": time.perf_counter() - began})
+        print(f"  leak {lib}: RSS growth {growth:+.1f} MiB over {args.leak_calls} calls; "
+              f"{graph_alive} saved tensors of the graph alive after a call", flush=True)
+    return rows
+
+
+SUITES = {
+    "gradient": gradient_suite,
+    "ablation": ablation_suite,
+    "scorecam": scorecam_suite,
+    "memory": memory_suite,
+    "leak": leak_suite,
+}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ms(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:,.0f} ms" if seconds >= 0.1 else f"{seconds * 1e3:.1f} ms"
+
+
+def _cell(row: dict, lib: str) -> str:
+    seconds = row.get(f"{lib}_s")
+    if seconds is None:
+        return "n/a"
+    ratio = row.get(f"{lib}_x_floor")
+    return _ms(seconds) + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+
+def markdown(results: list[dict], info: dict) -> str:
+    out = []
+    gradient = [r for r in results if r["suite"] == "gradient"]
+    if gradient:
+        out += ["### Gradient methods (`layer4[-1]`, 224x224)", "",
+                "Median time per explanation of the batch; in brackets, the ratio to the floor "
+                "(one inference forward pass, same rounds). Speed-up: the peer's median over camlib's.", "",
+                "| method | model | batch | floor | camlib | grad-cam | torchcam | vs grad-cam | vs torchcam |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in gradient:
+            vs = [f"{r[f'{lib}_s'] / r['camlib_s']:.2f}x" if f"{lib}_s" in r else "n/a"
+                  for lib in ("grad-cam", "torchcam")]
+            out.append(f"| {r['method']} | {r['model']} | {r['batch']} | {_ms(r['floor_s'])} | "
+                       f"{_cell(r, 'camlib')} | {_cell(r, 'grad-cam')} | {_cell(r, 'torchcam')} | "
+                       f"{vs[0]} | {vs[1]} |")
+        out.append("")
+    ablation = [r for r in results if r["suite"] == "ablation"]
+    if ablation:
+        out += ["### AblationCAM (`layer4[-1]`, one 224x224 image)", "",
+                "| model | passes needed | camlib | grad-cam | speed-up | max abs difference |",
+                "|---|---|---:|---:|---:|---:|"]
+        for r in ablation:
+            speedup = r.get("speedup_vs_grad-cam")
+            diff = r.get("max_abs_diff")
+            out.append(f"| {r['model']} | {r['floor']} | {_ms(r['camlib_s'])} | {_ms(r.get('grad-cam_s'))} | "
+                       f"{'n/a' if speedup is None else f'{speedup:.0f}x'} | "
+                       f"{'n/a' if diff is None else f'{diff:.1e}'} |")
+        out.append("")
+    scorecam = [r for r in results if r["suite"] == "scorecam"]
+    memory = [r for r in results if r["suite"] == "memory"]
+    if scorecam or memory:
+        out += ["### ScoreCAM (resnet18 `layer4[-1]`, batch 8, 64x64)", ""]
+    for r in scorecam:
+        out += [f"Floor: {r['floor']}, {_ms(r['floor_s'])}. In brackets, the ratio to the floor.", "",
+                "| camlib | grad-cam | torchcam |", "|---:|---:|---:|",
+                f"| {_cell(r, 'camlib')} | {_cell(r, 'grad-cam')} | {_cell(r, 'torchcam')} |", ""]
+    for r in memory:
+        where = "GPU memory allocated" if r["device"].startswith("cuda") else "resident set"
+        cells = [f"+{r[f'{lib}_peak_extra_mib']:.0f} MiB" if f"{lib}_peak_extra_mib" in r else "n/a"
+                 for lib in LIBRARIES]
+        out += [f"Peak extra memory of one call ({where}, median of fresh processes):", "",
+                "| camlib | grad-cam | torchcam |", "|---:|---:|---:|", "| " + " | ".join(cells) + " |", ""]
+    leak = [r for r in results if r["suite"] == "leak"]
+    if leak:
+        out += ["### Leaks (GradCAM, resnet18, one 224x224 image per call)", "",
+                "| library | calls | RSS growth | graph tensors alive after a call |", "|---|---:|---:|---:|"]
+        for r in leak:
+            out.append(f"| {r['library']} | {r['calls']} | {r['rss_growth_mib']:+.1f} MiB | "
+                       f"{r['saved_tensors_alive_after_call']} |")
+        out.append("")
+    load = info.get("loadavg_start"), info.get("loadavg_end")
+    out += [f"Machine: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']} "
+            f"({info['torch_threads']} threads), device {info['device']}"
+            + (f" ({info['gpu']})" if info.get("gpu") else "")
+            + f"; camlib {info['camlib']}, grad-cam {info.get('grad-cam')}, torchcam {info.get('torchcam')}; "
+            f"load average at start/end {load[0]} / {load[1]}."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--methods", nargs="+", default=list(GRADIENT_METHODS), choices=list(GRADIENT_METHODS))
+    parser.add_argument("--batches", nargs="+", type=int, default=None,
+                        help="gradient suite batch sizes (default 1 8 on the CPU, 64 on CUDA)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ablation-rounds", type=int, default=3)
+    parser.add_argument("--ablation-batch-size", type=int, default=32)
+    parser.add_argument("--scorecam-batch", type=int, default=8)
+    parser.add_argument("--scorecam-size", type=int, default=64)
+    parser.add_argument("--scorecam-chunk", type=int, default=32, help="masked inputs per forward (all libraries)")
+    parser.add_argument("--scorecam-rounds", type=int, default=3)
+    parser.add_argument("--memory-rounds", type=int, default=3)
+    parser.add_argument("--leak-calls", type=int, default=1000)
+    parser.add_argument("--leak-warmup", type=int, default=20)
+    parser.add_argument("--leak-reference", action="store_true", help="also run the leak suite on grad-cam")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--measure-memory", choices=LIBRARIES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+    if args.measure_memory:  # child process of the memory suite
+        print(f"{measure_scorecam_memory(args.measure_memory, args):.3f}")
+        return []
+    if args.batches is None:
+        args.batches = [64] if args.device.startswith("cuda") else [1, 8]
+    info = machine_info(args.device)
+    print(json.dumps(info), flush=True)
+    results: list[dict] = []
+    for suite in args.suites:
+        print(f"== {suite}", flush=True)
+        results += SUITES[suite](args)
+    info["loadavg_end"] = _load_loadavg()
+    info["command"] = " ".join(["python", "benchmarks/bench_cam.py", *(argv if argv is not None else sys.argv[1:])])
+    table = markdown(results, info)
+    print()
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + ".json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
+        Path(args.out + ".md").write_text(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()
