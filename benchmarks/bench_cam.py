@@ -361,12 +361,10 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_scorecam_memory(library: str, args: argparse.Namespace) -> float:
-    """Peak extra memory (MiB) of one ScoreCAM call by ``library``, in this process."""
-    model, layer, x, classes = _scorecam_setting(args)
-    run = scorecam_runners(model, layer, x, classes, args.scorecam_chunk)[library]
+def _peak_extra_mib(run: Callable[[], Any], device: str) -> float:
+    """Peak memory above the level just before ``run()``, in MiB."""
     gc.collect()
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -381,12 +379,21 @@ def measure_scorecam_memory(library: str, args: argparse.Namespace) -> float:
     return (_proc_status_kib("VmHWM") - before) / 1024
 
 
+def measure_scorecam_memory(library: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Peak extra memory (MiB) of ``library``'s first ScoreCAM call in this process
+    (cold: includes one-off costs such as oneDNN primitives and lazily loaded code)
+    and of its second call (warm: what every further call costs)."""
+    model, layer, x, classes = _scorecam_setting(args)
+    run = scorecam_runners(model, layer, x, classes, args.scorecam_chunk)[library]
+    return _peak_extra_mib(run, args.device), _peak_extra_mib(run, args.device)
+
+
 def memory_suite(args: argparse.Namespace) -> list[dict]:
     row = {"suite": "memory", "method": "ScoreCAM", "model": "resnet18", "batch": args.scorecam_batch,
            "size": args.scorecam_size, "device": args.device}
     libraries = ["camlib"] + [lib for lib, mod in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam"))
                               if _have(mod)]
-    samples: dict[str, list[float]] = {lib: [] for lib in libraries}
+    samples: dict[str, list[tuple[float, float]]] = {lib: [] for lib in libraries}
     for index in range(args.memory_rounds):
         for lib in libraries:
             command = [sys.executable, __file__, "--measure-memory", lib, "--device", args.device,
@@ -396,10 +403,13 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
             # resident set before the call is not inflated by earlier allocations.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "CAMLIB_DISABLE_PROGRESS": "1"}
             done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-            samples[lib].append(float(done.stdout.strip().splitlines()[-1]))
-            print(f"  memory round {index + 1}/{args.memory_rounds}: {lib} +{samples[lib][-1]:.0f} MiB", flush=True)
+            cold, warm = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+            samples[lib].append((cold, warm))
+            print(f"  memory round {index + 1}/{args.memory_rounds}: {lib} first call +{cold:.1f} MiB, "
+                  f"second call +{warm:.1f} MiB", flush=True)
     for lib in libraries:
-        row[f"{lib}_peak_extra_mib"] = statistics.median(samples[lib])
+        row[f"{lib}_peak_extra_mib"] = statistics.median(cold for cold, _ in samples[lib])
+        row[f"{lib}_warm_peak_extra_mib"] = statistics.median(warm for _, warm in samples[lib])
     return [row]
 
 
@@ -541,10 +551,12 @@ def markdown(results: list[dict], info: dict) -> str:
                 f"| {_cell(r, 'camlib')} | {_cell(r, 'grad-cam')} | {_cell(r, 'torchcam')} |", ""]
     for r in memory:
         where = "GPU memory allocated" if r["device"].startswith("cuda") else "resident set"
-        cells = [f"+{r[f'{lib}_peak_extra_mib']:.0f} MiB" if f"{lib}_peak_extra_mib" in r else "n/a"
-                 for lib in LIBRARIES]
-        out += [f"Peak extra memory of one call ({where}, median of fresh processes):", "",
-                "| camlib | grad-cam | torchcam |", "|---:|---:|---:|", "| " + " | ".join(cells) + " |", ""]
+        out += [f"Peak extra memory of one call ({where}; median over fresh processes):", "",
+                "| call | camlib | grad-cam | torchcam |", "|---|---:|---:|---:|"]
+        for label, key in (("first in the process", "peak_extra_mib"), ("second", "warm_peak_extra_mib")):
+            cells = [f"+{r[f'{lib}_{key}']:.1f} MiB" if f"{lib}_{key}" in r else "n/a" for lib in LIBRARIES]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
     leak = [r for r in results if r["suite"] == "leak"]
     if leak:
         out += ["### Leaks (GradCAM, resnet18, one 224x224 image per call)", "",
@@ -591,7 +603,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     if args.measure_memory:  # child process of the memory suite
-        print(f"{measure_scorecam_memory(args.measure_memory, args):.3f}")
+        print("{:.3f} {:.3f}".format(*measure_scorecam_memory(args.measure_memory, args)))
         return []
     if args.batches is None:
         args.batches = [64] if args.device.startswith("cuda") else [1, 8]
