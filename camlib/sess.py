@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torchvision.transforms.functional import InterpolationMode, resize
-from tqdm.auto import tqdm
 
 from camlib.base_cam import BaseCAM, _model_device
 from camlib.grad_cam import GradCAM
@@ -30,7 +29,7 @@ from camlib.utils.batched import batched_target_scores
 from camlib.utils.image import scale_cam_image
 from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
-from camlib.utils.progress import progress_enabled
+from camlib.utils.progress import progress_bar
 
 __all__ = ["SESS", "sliding_window", "window_starts"]
 
@@ -527,7 +526,7 @@ class SESS:
         total = torch.zeros(batch, grid.height, grid.width, device=self.device)
         counts = torch.zeros_like(total)
         chunks = range(0, len(patches), self.batch_size)
-        for start in tqdm(chunks, desc="SESS maps", disable=not progress_enabled(self.progress), leave=False):
+        for start in progress_bar(chunks, progress=self.progress, desc="SESS maps", leave=False):
             stop = min(start + self.batch_size, len(patches))
             chunk_patches, chunk_images = patches[start:stop], images[start:stop]
             inputs = grid.cut(chunk_patches, chunk_images)

@@ -13,9 +13,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
-from tqdm.auto import tqdm
 
-from camlib.utils.progress import progress_enabled
+from camlib.utils.progress import progress_bar
 
 __all__ = ["batched_target_scores", "score_outputs", "split_outputs"]
 
@@ -90,7 +89,7 @@ def batched_target_scores(
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     results = []
-    with tqdm(total=num_inputs, desc=desc, disable=not progress_enabled(progress), leave=False, unit="input") as bar:
+    with progress_bar(total=num_inputs, progress=progress, desc=desc, leave=False, unit="input") as bar:
         for start in range(0, num_inputs, batch_size):
             stop = min(start + batch_size, num_inputs)
             outputs = model(make_inputs(start, stop))
