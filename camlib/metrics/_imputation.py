@@ -22,6 +22,13 @@ precision on the images' device.
 
 Both start from zero, so removed regions that touch no kept pixel (their
 right-hand side is 0) stay 0: the minimum-norm solution.
+
+On the CPU, symmetric weightings are solved directly instead (``solver="auto"``):
+the systems of a whole chunk are assembled as one block-diagonal sparse matrix,
+factorised once by SciPy's SuperLU and solved for every channel at once, which
+is several times faster there than the iterations (SciPy comes with
+scikit-learn, a dependency). Regions that touch no kept pixel are left out of
+the factorisation and set to 0, as the iterative solvers leave them.
 """
 
 from __future__ import annotations
@@ -32,7 +39,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear_infill"]
+__all__ = ["SOLVERS", "linear_infill"]
+
+#: The values of ``solver``: ``"auto"`` (direct on the CPU for symmetric
+#: weightings when SciPy is importable, else iterative), ``"direct"`` (SciPy's
+#: SuperLU, on the CPU) and ``"iterative"`` (CG/BiCGSTAB in torch, on the images' device).
+SOLVERS = ("auto", "direct", "iterative")
 
 #: The solves stop at this residual relative to the right-hand side.
 RTOL = 1e-7
@@ -346,19 +358,109 @@ def _is_symmetric(weighting: Weighting) -> bool:
     return all(table.get((-dy, -dx)) == w for (dy, dx), w in weighting)
 
 
-def linear_infill(images: torch.Tensor, missing: torch.Tensor, weighting: Weighting) -> torch.Tensor:
+def _scipy_available() -> bool:
+    try:
+        import scipy.sparse.linalg  # noqa: F401
+    except ImportError:  # pragma: no cover - SciPy comes with scikit-learn
+        return False
+    return True
+
+
+def _choose_solver(solver: str, device: torch.device, weighting: Weighting) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    symmetric = _is_symmetric(weighting)
+    if solver == "direct":
+        if not symmetric:
+            raise ValueError(
+                "solver='direct' needs a symmetric weighting (each offset (dy, dx) with the same weight as "
+                "(-dy, -dx)); use solver='iterative' (BiCGSTAB) for this one"
+            )
+        if not _scipy_available():  # pragma: no cover
+            raise ImportError("solver='direct' needs SciPy (pip install scipy); or use solver='iterative'")
+        return "direct"
+    if solver == "auto" and device.type == "cpu" and symmetric and _scipy_available():
+        return "direct"
+    return "iterative"
+
+
+def _direct_infill(images: torch.Tensor, missing: torch.Tensor, weighting: Weighting) -> torch.Tensor:
+    """Solve every image's system with one sparse LU factorisation (SciPy, CPU, symmetric weightings).
+
+    The unknowns of all images form one block-diagonal matrix; its connected
+    blocks that touch no kept pixel have a zero right-hand side and a singular
+    matrix, so they are left out and set to 0 (the minimum-norm solution).
+    """
+    import numpy as np
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import splu
+
+    n, channels, height, width = images.shape
+    holes = missing.cpu().numpy().reshape(-1)
+    values = images.detach().cpu().to(torch.float64).numpy()
+    flat_values = values.transpose(1, 0, 2, 3).reshape(channels, -1)  # [C, N*H*W]
+    index = np.flatnonzero(holes)
+    count = index.size
+    position = np.full(holes.size, -1, dtype=np.int64)
+    position[index] = np.arange(count)
+    image_of, rest = np.divmod(index, height * width)
+    ys, xs = np.divmod(rest, width)
+    diagonal = np.zeros(count)
+    rhs = np.zeros((count, channels))
+    touches = np.zeros(count, dtype=bool)
+    rows, cols, entries = [np.arange(count)], [np.arange(count)], []
+    for (dy, dx), weight in weighting:
+        ny, nx = ys + dy, xs + dx
+        inside = np.flatnonzero((ny >= 0) & (ny < height) & (nx >= 0) & (nx < width))
+        diagonal[inside] += weight
+        neighbour = image_of[inside] * (height * width) + ny[inside] * width + nx[inside]
+        removed = holes[neighbour]
+        rows.append(inside[removed])
+        cols.append(position[neighbour[removed]])
+        entries.append(np.full(int(removed.sum()), -weight))
+        kept_rows, kept_neighbours = inside[~removed], neighbour[~removed]
+        touches[kept_rows] = True
+        for channel in range(channels):
+            rhs[:, channel] += np.bincount(
+                kept_rows, weights=weight * flat_values[channel, kept_neighbours], minlength=count
+            )
+    matrix = csc_matrix(
+        (np.concatenate([diagonal, *entries]), (np.concatenate(rows), np.concatenate(cols))), shape=(count, count)
+    )
+    _, labels = connected_components(matrix, directed=False)
+    solvable = np.isin(labels, np.unique(labels[touches]))
+    solution = np.zeros((count, channels))
+    if solvable.any():
+        keep = np.flatnonzero(solvable)
+        system = matrix[keep][:, keep].tocsc()
+        solution[keep] = splu(system).solve(np.ascontiguousarray(rhs[keep])).reshape(keep.size, channels)
+    filled = flat_values.copy()
+    filled[:, index] = solution.T
+    out = torch.from_numpy(filled.reshape(channels, n, height, width).transpose(1, 0, 2, 3).copy())
+    return out.to(device=images.device, dtype=images.dtype)
+
+
+def linear_infill(
+    images: torch.Tensor, missing: torch.Tensor, weighting: Weighting, solver: str = "auto"
+) -> torch.Tensor:
     """Replace the ``missing`` pixels by the solution of the imputation system.
 
     Args:
         images: ``[N, C, H, W]`` floating-point images.
         missing: ``[N, H, W]`` bool, True where a pixel is removed.
         weighting: ``((dy, dx), weight)`` pairs with positive weights.
+        solver: one of :data:`SOLVERS`.
 
     Returns:
         ``[N, C, H, W]`` in ``images``' dtype: the kept pixels unchanged, the
         removed ones imputed (no noise).
     """
     n, channels, height, width = images.shape
+    if _choose_solver(solver, images.device, weighting) == "direct":
+        if missing.numel() == 0 or not bool(missing.any()):
+            return images.clone()
+        return _direct_infill(images, missing, weighting)
     if missing.numel() == 0 or not bool(missing.any()):
         return images.clone()
     # On the CPU, solve a few images at a time: the iterations are memory-bound
@@ -367,7 +469,7 @@ def linear_infill(images: torch.Tensor, missing: torch.Tensor, weighting: Weight
     if group < n:
         return torch.cat(
             [
-                linear_infill(images[i : i + group], missing[i : i + group], weighting)
+                linear_infill(images[i : i + group], missing[i : i + group], weighting, "iterative")
                 for i in range(0, n, group)
             ]
         )
@@ -381,7 +483,7 @@ def linear_infill(images: torch.Tensor, missing: torch.Tensor, weighting: Weight
     if (bottom - top, right - left) != (height, width):
         out = images.clone()
         out[..., top:bottom, left:right] = linear_infill(
-            images[..., top:bottom, left:right], missing[..., top:bottom, left:right], weighting
+            images[..., top:bottom, left:right], missing[..., top:bottom, left:right], weighting, "iterative"
         )
         return out
     dtype = torch.float32 if images.device.type == "mps" else torch.float64

@@ -7,7 +7,9 @@ keep the target's score: :class:`DropInConfidence` is the "Average Drop" and
 (Chattopadhyay et al., "Grad-CAM++: Improved Visual Explanations for Deep
 Convolutional Networks", WACV 2018, https://arxiv.org/abs/1710.11063), before
 averaging over a data set (and without Grad-CAM++'s division by the original
-score).
+score). For the paper's definitions, in percent and on probabilities, use
+:class:`~camlib.metrics.confidence.AverageDrop` and
+:class:`~camlib.metrics.confidence.ConfidenceIncrease`.
 """
 
 from __future__ import annotations

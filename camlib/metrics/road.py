@@ -18,11 +18,13 @@ The imputation solves, for every removed pixel :math:`p`,
 with offsets :math:`o` and weights :math:`w_o` from ``weighting`` and
 :math:`\\Omega` the image. For symmetric weightings the matrix is a principal
 submatrix of a weighted graph Laplacian (symmetric positive definite when some
-pixel is kept), so it is solved matrix-free, in double precision on the
-image's device, for every image and channel of a chunk at once, by conjugate
-gradients with a multigrid preconditioner (other weightings use BiCGSTAB);
-see :mod:`camlib.metrics._imputation`. No SciPy is needed, and the solutions
-agree with pytorch-grad-cam's ``spsolve`` to about 1e-6.
+pixel is kept). On an accelerator it is solved matrix-free, in double
+precision on the image's device, for every image and channel of a chunk at
+once, by conjugate gradients with a multigrid preconditioner (other weightings
+use BiCGSTAB). On the CPU the systems of a chunk are factorised together by
+SciPy's sparse LU, several times faster there; ``solver=`` chooses. See
+:mod:`camlib.metrics._imputation`. Both agree with pytorch-grad-cam's
+``spsolve`` to about 1e-6.
 
 Differences from pytorch-grad-cam:
 
@@ -54,7 +56,7 @@ from typing import Any, Callable, ClassVar, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from camlib.metrics._imputation import linear_infill
+from camlib.metrics._imputation import SOLVERS, linear_infill
 from camlib.metrics.perturbation_confidence import (
     AveragerAcrossThresholds,
     PerturbationConfidenceMetric,
@@ -137,6 +139,9 @@ class NoisyLinearImputer:
         generator: torch generator for the noise; None draws it from torch's
             global CPU generator (as pytorch-grad-cam does, so
             ``torch.manual_seed`` makes both draw the same noise).
+        solver: how the linear system is solved: ``"auto"`` (SciPy's sparse
+            LU for CPU images and symmetric weightings, else iterative),
+            ``"direct"`` or ``"iterative"`` (torch, on the images' device).
 
     Calling it with an image ``[C, H, W]`` and a mask ``[H, W]`` (or batches
     ``[N, C, H, W]`` and ``[N, H, W]``; 1 keeps a pixel, 0 removes it) returns
@@ -161,7 +166,10 @@ class NoisyLinearImputer:
         weighting: Optional[Weighting] = None,
         *,
         generator: Optional[torch.Generator] = None,
+        solver: str = "auto",
     ) -> None:
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         if (
             isinstance(noise, bool)
             or not isinstance(noise, numbers.Real)
@@ -174,6 +182,7 @@ class NoisyLinearImputer:
         self.noise = float(noise)
         self.weighting = _check_weighting(neighbors_weights if weighting is None else weighting)
         self.generator = generator
+        self.solver = solver
 
     def _noise_field(self, missing: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
         """Noise on the removed pixels, drawn image by image as pytorch-grad-cam does."""
@@ -213,13 +222,14 @@ class NoisyLinearImputer:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        out = linear_infill(images, missing, self.weighting)
+        out = linear_infill(images, missing, self.weighting, self.solver)
         if self.noise > 0:
             out = out + self.noise * self._noise_field(missing, images.shape[1], images.dtype)
         return out[0] if single else out
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(noise={self.noise})"
+        solver = "" if self.solver == "auto" else f", solver={self.solver!r}"
+        return f"{type(self).__name__}(noise={self.noise}{solver})"
 
 
 def _imputer_or_default(imputer: Optional[Callable]) -> Callable:
