@@ -33,12 +33,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from camlib.metrics.perturbation_confidence import _as_cam_tensor, _to_numpy
 from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
-from camlib.utils.progress import progress_enabled
+from camlib.utils.progress import progress_bar
 
 __all__ = ["ModelParameterRandomisation", "RandomisationResult", "randomisation_order", "spearman_correlation"]
 
@@ -375,7 +374,7 @@ class ModelParameterRandomisation:
         original = self._maps(working, x, targets)
         modules = _module_by_name(working)
         correlations, kept = [], []
-        bar = tqdm(steps, desc=type(self).__name__, disable=not progress_enabled(self.progress), leave=False)
+        bar = progress_bar(steps, progress=self.progress, desc=type(self).__name__, leave=False)
         for name in bar:
             module = modules[name]
             saved = None
