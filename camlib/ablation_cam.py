@@ -36,7 +36,9 @@ Differences from pytorch-grad-cam 1.5.7, on purpose:
   and channel counts from the FPN's dict instead of assuming five levels of
   256 channels, so FPNs with fewer levels work.
 * With ``ablation_layer=None``, token (``[B, N, C]``) and channels-last
-  outputs get :class:`~camlib.ablation_layer.AblationLayerVit` automatically.
+  outputs get :class:`~camlib.ablation_layer.AblationLayerVit` automatically,
+  and a dict of feature maps (a detector's FPN)
+  :class:`~camlib.ablation_layer.AblationLayerFasterRCNN`.
 * On the split path the ablated copies only run through the part of the model
   after the target layer: forward hooks the user put on modules before it
   (or on containers around it) do not fire for them.
@@ -48,13 +50,14 @@ import contextlib
 import inspect
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.fx
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from camlib.ablation_layer import AblationLayer, AblationLayerVit
+from camlib.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.base_cam import BaseCAM
 from camlib.utils.batched import batched_target_scores, score_outputs
@@ -169,10 +172,11 @@ def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optiona
     """
     if layer is model:
         return None
+    tracer = _KeepLayerWhole(layer)
     try:
         with _attributes_restored(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _KeepLayerWhole(layer).trace(model, concrete_args=_constant_defaults(model) or None)
+            graph = tracer.trace(model, concrete_args=_constant_defaults(model) or None)
     except Exception as error:  # tracing fails for many legitimate models; they take the full-model path
         logger.debug(
             "cannot trace %s with torch.fx (%s: %s)", type(model).__name__, type(error).__name__, error
@@ -220,7 +224,10 @@ def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optiona
         if node in needed and node is not output:
             env[node] = rest_graph.node_copy(node, lambda n: env[n])
     rest_graph.output(torch.fx.map_arg(output.args[0], lambda n: env[n]))
-    rest = torch.fx.GraphModule(model, rest_graph, class_name="AfterTargetLayer")
+    # Tensors the forward creates (torch.tensor(...) in timm's Swin) become constants that the
+    # tracer set on the model, and that _attributes_restored took off again: keep them here.
+    constants = {name: value for value, name in tracer.tensor_attrs.items() if name.startswith("_tensor_constant")}
+    rest = _graph_module(model, rest_graph, constants, "AfterTargetLayer")
     if not side_nodes:
         return LayerSplit(rest, None)
 
@@ -237,8 +244,26 @@ def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optiona
         if node.op == "placeholder" or node in wanted:  # every input, so calls bind as the model's do
             prefix_env[node] = prefix_graph.node_copy(node, lambda n: prefix_env[n])
     prefix_graph.output(tuple(prefix_env[n] for n in side_nodes))
-    prefix = torch.fx.GraphModule(model, prefix_graph, class_name="SideValues")
+    prefix = _graph_module(model, prefix_graph, constants, "SideValues")
     return LayerSplit(rest, prefix)
+
+
+def _graph_module(model: torch.nn.Module, graph: torch.fx.Graph, constants: dict, name: str) -> torch.fx.GraphModule:
+    """A GraphModule running ``graph`` with the model's own submodules and parameters (shared, not
+    copied), plus the traced tensor ``constants``."""
+    root: dict = {}
+    for node in graph.nodes:
+        if node.op not in ("call_module", "get_attr"):
+            continue
+        target = str(node.target)
+        if target in constants:
+            root[target] = constants[target]
+            continue
+        value: Any = model
+        for part in target.split("."):
+            value = getattr(value, part)
+        root[target] = value
+    return torch.fx.GraphModule(root, graph, class_name=name)
 
 
 def _submodule(model: torch.nn.Module, target: Any) -> Optional[torch.nn.Module]:
@@ -366,8 +391,9 @@ class AblationCAM(BaseCAM):
         reshape_transform: turns a layer's output into ``[B, C, *spatial]``.
         ablation_layer: how to ablate a channel of the layer's output; None
             picks :class:`~camlib.ablation_layer.AblationLayer` (channels on dim
-            1) or, for token / channels-last outputs, :class:`~camlib.ablation_layer.AblationLayerVit`.
-            Pass ``AblationLayerFasterRCNN()`` for a detector's FPN.
+            1) or, for token / channels-last outputs, :class:`~camlib.ablation_layer.AblationLayerVit`,
+            or, for a dict of feature maps (a detector's FPN),
+            :class:`~camlib.ablation_layer.AblationLayerFasterRCNN`.
         batch_size: ablated copies per forward pass.
         ratio_channels_to_ablate: in (0, 1]; see
             :meth:`~camlib.ablation_layer.AblationLayer.activations_to_be_ablated`.
@@ -426,6 +452,7 @@ class AblationCAM(BaseCAM):
             )
         self._default_layer = AblationLayer()
         self._vit_layer = AblationLayerVit()
+        self._fpn_layer = AblationLayerFasterRCNN()
         self.ablation_layer = self._default_layer if ablation_layer is None else ablation_layer
         self.ratio_channels_to_ablate = float(ratio_channels_to_ablate)
         self.last_paths: list[str] = []
@@ -551,6 +578,8 @@ class AblationCAM(BaseCAM):
         if layer is self._default_layer and isinstance(raw, torch.Tensor) and raw.ndim >= 3:
             if raw.shape[1] != num_channels and raw.shape[-1] == num_channels:
                 layer = self._vit_layer  # tokens [B, N, C] or channels-last maps
+        elif layer is self._default_layer and isinstance(raw, Mapping):
+            layer = self._fpn_layer  # a dict of feature maps (a detector's FPN)
         if isinstance(layer, AblationLayer):
             found = layer.num_channels(raw)
             if found != num_channels:

@@ -183,9 +183,19 @@ class AblationLayer(torch.nn.Module):
 
     def ablation_value(self, activations: torch.Tensor) -> torch.Tensor:
         """The value an ablated channel is set to: 0 when ``activations.min() == 0``,
-        else ``activations.min() - 1e7`` (a 0-d tensor)."""
+        else ``activations.min() - 1e7`` (a 0-d tensor of the activations' dtype).
+
+        In float16 ``min - 1e7`` is ``-inf``, which turns into NaN further on
+        (a LayerNorm, an attention softmax): the value is clamped to the
+        dtype's finite range (-65504 in float16).
+        """
         low = activations.amin()
-        return torch.where(low == 0, torch.zeros_like(low), low - self.ablation_offset)
+        wide = low.to(torch.promote_types(low.dtype, torch.float32))
+        value = torch.where(wide == 0, torch.zeros_like(wide), wide - self.ablation_offset)
+        if low.is_floating_point():
+            info = torch.finfo(low.dtype)
+            value = value.clamp(info.min, info.max)
+        return value.to(low.dtype)
 
     def ablate(self, activations: torch.Tensor, indices: Any) -> torch.Tensor:
         """Copies of ``activations`` with channel ``indices[i]`` of copy i ablated.

@@ -20,7 +20,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from camlib.utils.reshape_transforms import infer_reshape_transform
+from camlib.utils.reshape_transforms import (
+    _is_feature_pyramid,
+    feature_pyramid_to_map,
+    infer_reshape_transform,
+    num_prefix_tokens,
+)
 
 __all__ = ["ActivationsAndGradients"]
 
@@ -55,7 +60,11 @@ class ActivationsAndGradients:
         reshape_transform: maps a layer's raw output (tensor, tuple, dict...)
             to ``[B, C, *spatial]``; applied to the gradients in the same way.
             When None, token sequences and channels-last maps are laid out
-            automatically (see :func:`camlib.utils.reshape_transforms.infer_reshape_transform`).
+            automatically (see :func:`camlib.utils.reshape_transforms.infer_reshape_transform`;
+            the model's class / distillation / register tokens are counted with
+            :func:`~camlib.utils.reshape_transforms.num_prefix_tokens`), and a
+            dict of feature maps (an FPN) is resized to its coarsest map and
+            concatenated (:func:`~camlib.utils.reshape_transforms.feature_pyramid_to_map`).
         detach: kept for compatibility with pytorch-grad-cam; captured values
             are always detached once gradients have been taken.
     """
@@ -71,6 +80,8 @@ class ActivationsAndGradients:
         self.target_layers = list(target_layers)
         self.reshape_transform = reshape_transform
         self.detach = detach
+        #: Tokens before the patch grid, as the model declares them (None: inferred per layer).
+        self.prefix_tokens = num_prefix_tokens(model) if reshape_transform is None else None
         self.activations: list[torch.Tensor] = []
         self.gradients: list[torch.Tensor] = []
         self.handles: list = []
@@ -184,8 +195,10 @@ class ActivationsAndGradients:
                     f"{_describe(layer)}; it must return a tensor of shape [B, C, *spatial]"
                 )
         elif isinstance(structure, torch.Tensor):
-            transform = infer_reshape_transform(structure.shape, spatial)
+            transform = infer_reshape_transform(structure.shape, spatial, self.prefix_tokens)
             result = structure if transform is None else transform(structure)
+        elif _is_feature_pyramid(structure, len(spatial)):
+            result = feature_pyramid_to_map(structure)
         else:
             raise TypeError(
                 f"target layer {_describe(layer)} returned a {type(structure).__name__}, not a tensor. "

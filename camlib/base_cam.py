@@ -16,6 +16,16 @@ Everything from the hooks to the resized maps is a torch tensor on the model's
 device. The user's model is put in eval mode for the call only: every
 module's ``training`` flag is restored in ``finally``, hooks are removed,
 gradients never land in parameters' ``.grad``.
+
+Model outputs that are not tensors (a segmentation model's ``{"out": ...}``, a
+Hugging Face ``ModelOutput``, a tuple) are read with
+:func:`camlib.utils.model_outputs.logits_of`, or with the ``output_adapter``
+given to the CAM; a detector's list of dicts goes to the targets unchanged.
+
+Precision: the model runs in the precision it is in (``float16`` and
+``bfloat16`` models, or under ``torch.autocast``): the input is cast to the
+model's floating-point dtype, and everything camlib computes from the captured
+activations and gradients is float32.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from torch.utils._pytree import tree_map
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.utils.batched import score_outputs
 from camlib.utils.image import scale_cam_image
+from camlib.utils.model_outputs import OutputAdaptedTarget, logits_of
 from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_enabled
@@ -48,6 +59,15 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         f"the model ({type(model).__name__}) has no parameters or buffers, so its device cannot be "
         "determined and there is nothing to explain; pass the trained nn.Module itself"
     )
+
+
+def _model_float_dtype(model: torch.nn.Module) -> Optional[torch.dtype]:
+    """The dtype of the model's first floating-point parameter (or buffer), None if it has none."""
+    for tensors in (model.parameters(), model.buffers()):
+        for tensor in tensors:
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
 
 
 def _check_target_layers(model: torch.nn.Module, target_layers: Any, allow_empty: bool = False) -> list:
@@ -98,6 +118,15 @@ class BaseCAM:
             passes (ScoreCAM, AblationCAM); None keeps the method's default.
         progress: show progress bars for long methods (None: on unless the
             ``CAMLIB_DISABLE_PROGRESS`` environment variable is set).
+        output_adapter: a function selecting, from the model's output, the
+            tensor the targets score, e.g. ``lambda out: out["logits"]``. It
+            is applied to the output for one image before every target call,
+            and to the batch's output to pick the top class when
+            ``targets=None``, so it should only select (index a key, an
+            attribute, a tuple position). None: targets get the output as
+            the model returned it (split per image), the built-in targets
+            find the scores themselves (:func:`camlib.utils.model_outputs.logits_of`),
+            and ``targets=None`` uses ``logits_of`` too.
 
     Calling it returns ``np.float32`` maps ``[B, H, W]`` (``[B, D, H, W]`` for
     5-D input), each in [0, 1].
@@ -124,6 +153,7 @@ class BaseCAM:
         *,
         batch_size: Optional[int] = None,
         progress: Optional[bool] = None,
+        output_adapter: Optional[Callable[[Any], Any]] = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -143,6 +173,12 @@ class BaseCAM:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size if batch_size is not None else self.default_batch_size
         self.progress = progress
+        if output_adapter is not None and not callable(output_adapter):
+            raise TypeError(
+                f"output_adapter must be a function of the model's output, got {type(output_adapter).__name__}; "
+                "e.g. output_adapter=lambda out: out['logits']"
+            )
+        self.output_adapter = output_adapter
         self.outputs: Any = None
         self.activations_and_grads = ActivationsAndGradients(model, self.target_layers, reshape_transform, detach)
 
@@ -209,6 +245,10 @@ class BaseCAM:
             x = x.clone()
         if not bool(torch.isfinite(x).all()):
             raise ValueError("input_tensor contains NaN or Inf values; check the preprocessing")
+        dtype = _model_float_dtype(self.model)
+        if dtype is not None and x.dtype != dtype:
+            # A float16/bfloat16 model gets its own dtype (a float32 batch would fail in its first layer).
+            x = x.to(dtype)
         return x
 
     @staticmethod
@@ -230,19 +270,54 @@ class BaseCAM:
         return list(targets)
 
     # -- stage 2 -----------------------------------------------------------------
-    def _default_targets(self, outputs: Any) -> list:
-        if not isinstance(outputs, torch.Tensor):
+    def _model_scores(self, outputs: Any) -> torch.Tensor:
+        """The scores in the model's (batch) output: ``output_adapter(outputs)``, or
+        :func:`~camlib.utils.model_outputs.logits_of` without an adapter."""
+        if self.output_adapter is None:
+            return logits_of(outputs)
+        scores = self.output_adapter(outputs)
+        if not isinstance(scores, torch.Tensor):
             raise TypeError(
-                f"the model returned a {type(outputs).__name__}, not a tensor of class scores, so the top "
-                "class cannot be chosen for targets=None; pass targets explicitly (one callable per image "
-                "that takes this output for one image and returns a score)"
+                f"output_adapter returned a {type(scores).__name__} for the model's {type(outputs).__name__} "
+                "output; it must return the tensor of scores (e.g. lambda out: out['logits'])"
             )
+        return scores
+
+    def _default_targets(self, outputs: torch.Tensor) -> list:
+        """One target per image for ``targets=None``, from the model's scores
+        (``outputs`` after :meth:`_model_scores`): each image's top class."""
         if outputs.ndim != 2:
+            hint = ""
+            if outputs.ndim >= 4:
+                hint = (
+                    " (a dense [B, classes, H, W] output, like a segmentation model's: explain a class in a "
+                    "region with SemanticSegmentationTarget(category, mask), e.g. the mask "
+                    "output.argmax(1)[i] == category)"
+                )
             raise ValueError(
                 f"targets=None picks the top class of a [B, num_classes] output, but the model returned "
-                f"shape {list(outputs.shape)}; pass targets explicitly"
+                f"shape {list(outputs.shape)}{hint}; pass targets explicitly"
             )
         return [ClassifierOutputTarget(int(c)) for c in outputs.argmax(dim=-1).tolist()]
+
+    def _resolve_default_targets(self, outputs: Any, batch: int) -> list:
+        """:meth:`_default_targets` of the model's scores; when the output has no top class (a
+        detector's boxes, a segmentation map), targets that raise that error if they are used,
+        so that class-agnostic methods (EigenCAM, KPCA-CAM, FEM) still work with targets=None."""
+        try:
+            return self._default_targets(self._model_scores(outputs))
+        except (TypeError, ValueError) as error:
+            return [_NoDefaultTarget(error)] * batch
+
+    def _adapt_targets(self, targets: list) -> list:
+        """The targets, each applied to ``output_adapter(output)`` when an adapter is set."""
+        if self.output_adapter is None:
+            return targets
+        return [
+            t if isinstance(t, OutputAdaptedTarget) and t.adapter is self.output_adapter
+            else OutputAdaptedTarget(t, self.output_adapter)
+            for t in targets
+        ]
 
     def _target_score(self, targets: list, outputs: Any) -> torch.Tensor:
         return score_outputs(outputs, targets).sum()
@@ -264,7 +339,8 @@ class BaseCAM:
             outputs = capture(x)
             capture.check_all_ran()
             if targets is None:
-                targets = self._default_targets(outputs)
+                targets = self._resolve_default_targets(outputs, x.shape[0])
+            targets = self._adapt_targets(targets)
             leaf_grads = None
             if grads_needed:
                 torch.set_grad_enabled(True)
@@ -425,6 +501,24 @@ class BaseCAM:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={type(self.model).__name__}, target_layers={len(self.target_layers)} layer(s))"
+
+
+class _NoDefaultTarget:
+    """The target of ``targets=None`` for an output without a top class: raises why, if used."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __call__(self, model_output: Any) -> torch.Tensor:
+        raise self.error.with_traceback(None)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "error" or name.startswith("__"):
+            raise AttributeError(name)
+        raise self.error.with_traceback(None)  # e.g. CAM reading .category
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error!r:.80})"
 
 
 def _detach(outputs: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 import operator
 import warnings
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -143,6 +143,7 @@ class FinerCAM:
         target_layers: layers passed to the base method.
         reshape_transform: passed to the base method.
         base_method: a :class:`~camlib.base_cam.BaseCAM` subclass (the class, not an instance).
+        **kwargs: passed to ``base_method`` (e.g. ``output_adapter=``, ``batch_size=``).
 
     Example:
         >>> import torch, torchvision
@@ -160,6 +161,7 @@ class FinerCAM:
         target_layers: List[torch.nn.Module],
         reshape_transform: Optional[Callable] = None,
         base_method: type = GradCAM,
+        **kwargs: Any,
     ) -> None:
         if isinstance(base_method, BaseCAM):
             raise TypeError(
@@ -168,7 +170,7 @@ class FinerCAM:
             )
         if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
             raise TypeError(f"base_method must be a camlib CAM class such as GradCAM, got {base_method!r}")
-        self.base_cam = base_method(model, target_layers, reshape_transform)
+        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
         self.compute_input_gradient = self.base_cam.compute_input_gradient
         self.uses_gradients = self.base_cam.uses_gradients
 

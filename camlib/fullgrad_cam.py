@@ -184,6 +184,8 @@ class FullGrad(BaseCAM):
             pass ``[]``.
         reshape_transform: applied to every bias layer's output; rarely needed,
             since convolutions and batch norms give ``[B, C, *S]``.
+        output_adapter: selects the scores in the model's output (see
+            :class:`~camlib.base_cam.BaseCAM`).
 
     Example:
         >>> import torch, torchvision
@@ -203,6 +205,8 @@ class FullGrad(BaseCAM):
         model: torch.nn.Module,
         target_layers: Optional[List[torch.nn.Module]] = None,
         reshape_transform: Optional[Callable] = None,
+        *,
+        output_adapter: Optional[Callable] = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -239,6 +243,7 @@ class FullGrad(BaseCAM):
             model,
             bias_layers,
             reshape_transform if reshape_transform is not None else _channels_first,
+            output_adapter=output_adapter,
         )
         self.activations_and_grads = _BiasLayerCapture(
             model, self.target_layers, self.reshape_transform, self.detach

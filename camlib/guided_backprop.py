@@ -199,7 +199,8 @@ class _ReLURuleModel:
             )
         if not input_img.is_floating_point():
             raise TypeError(f"input_img must be a floating point tensor, got dtype {input_img.dtype}")
-        x = input_img.detach().to(self.device).requires_grad_(True)
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), input_img.dtype)
+        x = input_img.detach().to(self.device, dtype).requires_grad_(True)
         with eval_mode(self.model), torch.enable_grad(), _relus_replaced(self.model, self._rule) as n_swapped:
             if n_swapped == 0:
                 warnings.warn(

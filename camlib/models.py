@@ -196,6 +196,8 @@ _TIMM_LAYERS: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ...] = (
     ),
     (r"(resnet|resnext|wide_resnet|seresnet)", ("layer4[-1]",), ("layer2[-1]", "layer3[-1]", "layer4[-1]")),
     (r"convnext", ("stages[-1]",), ("stages[-3]", "stages[-2]", "stages[-1]")),
+    (r"(maxvit|maxxvit|coatnet)", ("stages[-1]",), ("stages[-3]", "stages[-2]", "stages[-1]")),
+    (r"regnet[xy]_", ("s4",), ("s2", "s3", "s4")),
     (r"(efficientnet|mobilenet|mixnet|tf_efficientnet)", ("bn2",), ()),
     (r"densenet", ("features[-1]",), ()),
 )

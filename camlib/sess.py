@@ -282,7 +282,9 @@ class SESS:
         pool: ``"mean"`` (spatial weighted average) or ``"max"``.
         smooth: blur the fused map.
         use_softmax_scores: score patches on the softmax of the model's output,
-            as the paper does; False uses the target on the raw output (for
+            as the paper does (the scores of a dict, ``ModelOutput`` or tuple
+            output are found as the targets find them, or with
+            ``output_adapter=``); False uses the target on the raw output (for
             models whose output is not class logits).
         batch_size: patches per forward pass.
         progress: show progress bars (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
@@ -427,7 +429,8 @@ class SESS:
         if all(target is not None for target in targets):
             return list(targets)
         with torch.no_grad():
-            outputs = self.model(x)
+            # the scores in a dict / ModelOutput / tuple output, or what output_adapter selects
+            outputs = self.base_cam._model_scores(self.model(x))
         if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
             shape = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
             raise ValueError(
@@ -443,12 +446,8 @@ class SESS:
         outputs = self.model(batch)
         if not self.use_softmax_scores:
             return outputs
-        if not isinstance(outputs, torch.Tensor):
-            raise TypeError(
-                f"use_softmax_scores=True applies a softmax to the model's output, but the model returned a "
-                f"{type(outputs).__name__}; pass use_softmax_scores=False"
-            )
-        return torch.softmax(outputs, dim=-1)
+        # the softmax of the scores found in the output (see BaseCAM's output_adapter)
+        return torch.softmax(self.base_cam._model_scores(outputs), dim=-1)
 
     def _patch_scores(self, grid: _PatchGrid, targets: list, batch: int) -> torch.Tensor:
         """``[B, P]`` target scores of every patch, clipped at 0. Input ``j`` is patch
@@ -457,6 +456,9 @@ class SESS:
         def make_inputs(start: int, stop: int) -> torch.Tensor:
             flat = torch.arange(start, stop)
             return grid.cut(flat // batch, flat % batch)
+
+        if not self.use_softmax_scores:  # the targets see the model's output: adapt it as the CAM does
+            targets = self.base_cam._adapt_targets(list(targets))
 
         def targets_for(start: int, stop: int) -> list:
             return [targets[j % batch] for j in range(start, stop)]

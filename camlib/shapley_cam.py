@@ -50,14 +50,23 @@ class ShapleyCAM(BaseCAM):
         leaves = list(leaves)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True, create_graph=True)
         pairs = [(g, leaf) for g, leaf in zip(grads, leaves) if g is not None and g.requires_grad]
-        hvps = iter(
-            torch.autograd.grad(
-                [g for g, _ in pairs], [leaf for _, leaf in pairs],
-                grad_outputs=[leaf.detach() for _, leaf in pairs], allow_unused=True,
+        try:
+            hvps = iter(
+                torch.autograd.grad(
+                    [g for g, _ in pairs], [leaf for _, leaf in pairs],
+                    grad_outputs=[leaf.detach() for _, leaf in pairs], allow_unused=True,
+                )
+                if pairs
+                else []
             )
-            if pairs
-            else []
-        )
+        except RuntimeError as err:
+            if "not supported" not in str(err) and "not implemented" not in str(err):
+                raise
+            raise RuntimeError(
+                f"ShapleyCAM needs second derivatives (a Hessian-vector product), and an operation "
+                f"between the target layer and the output has none ({err}); this is the case for "
+                "torchvision's detectors (roi_align). Use a first-order method such as GradCAM"
+            ) from err
         result = []
         for g in grads:
             if g is None:

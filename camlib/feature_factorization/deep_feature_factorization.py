@@ -86,6 +86,15 @@ def _device_of(module: Any, default: torch.device) -> torch.device:
     return default
 
 
+def _float_dtype_of(module: Any, default: torch.dtype) -> torch.dtype:
+    """The dtype of ``module``'s first floating-point parameter (float16/bfloat16 models), or ``default``."""
+    if isinstance(module, torch.nn.Module):
+        for parameter in module.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+    return default
+
+
 class DeepFeatureFactorization:
     """Deep Feature Factorization: "Deep Feature Factorization For Concept Discovery".
 
@@ -110,8 +119,9 @@ class DeepFeatureFactorization:
         target_layer: a submodule of ``model`` whose output is factorised.
         reshape_transform: maps the layer's raw output to ``[B, C, h, w]``
             (e.g. for transformer tokens); None if it already has that shape.
-        computation_on_concepts: callable applied to the ``[K, C]`` float32
-            concept tensor (on the model's device); must return a tensor.
+        computation_on_concepts: callable applied to the ``[K, C]`` concept
+            tensor (float32, or the module's dtype for a float16/bfloat16
+            module; on its device); must return a tensor.
 
     Example:
         >>> import torch
@@ -204,7 +214,8 @@ class DeepFeatureFactorization:
         n_components = _check_n_components(n_components)
         height, width = input_tensor.shape[-2:]
         device = _device_of(self.model, input_tensor.device)
-        activations = self._capture_activations(input_tensor.to(device))
+        dtype = _float_dtype_of(self.model, input_tensor.dtype) if input_tensor.is_floating_point() else None
+        activations = self._capture_activations(input_tensor.to(device=device, dtype=dtype))
         if activations.ndim != 4:
             raise ValueError(
                 f"the target layer's activations have shape {tuple(activations.shape)}, expected "
@@ -220,14 +231,16 @@ class DeepFeatureFactorization:
         if self.computation_on_concepts is None:
             return concepts, processed
         target = _device_of(self.computation_on_concepts, device)
-        concept_tensor = torch.from_numpy(np.float32(concepts).T.copy()).to(target)
+        concept_tensor = torch.from_numpy(np.float32(concepts).T.copy()).to(
+            target, _float_dtype_of(self.computation_on_concepts, torch.float32)
+        )
         with eval_mode(self.computation_on_concepts), torch.no_grad():
             concept_outputs = self.computation_on_concepts(concept_tensor)
         if not isinstance(concept_outputs, torch.Tensor):
             raise TypeError(
                 f"computation_on_concepts returned {type(concept_outputs).__name__}, expected a tensor"
             )
-        return concepts, processed, concept_outputs.detach().cpu().numpy()
+        return concepts, processed, concept_outputs.detach().float().cpu().numpy()
 
     def __enter__(self) -> DeepFeatureFactorization:
         return self

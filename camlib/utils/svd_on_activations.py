@@ -2,6 +2,10 @@
 
 All functions work on a whole batch at once, in torch, on the tensor's device.
 They accept numpy arrays too (and then return numpy), like pytorch-grad-cam's.
+Activations of any floating-point dtype are accepted: the decomposition runs in
+float32 (float64 for the kernel matrix), with ``torch.autocast`` switched off,
+so ``float16``/``bfloat16`` activations work (pytorch-grad-cam's numpy SVD
+rejects float16) and the result is always float32.
 
 The sign of a principal component is arbitrary; pytorch-grad-cam returns
 whatever LAPACK gives. Here the sign is fixed so that the entry of largest
@@ -11,6 +15,7 @@ input always gives the same map).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Union
 
 import numpy as np
@@ -34,6 +39,13 @@ def _as_tensor(batch: ArrayOrTensor) -> tuple[torch.Tensor, bool]:
     if isinstance(batch, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(batch)), True
     raise TypeError(f"expected a numpy array or a torch tensor, got {type(batch).__name__}")
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Switch autocast off (an enclosing ``torch.autocast`` would run the matmuls in half precision)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _positions_by_channels(batch: torch.Tensor) -> torch.Tensor:
@@ -70,8 +82,9 @@ def get_2d_projection(activation_batch: ArrayOrTensor) -> ArrayOrTensor:
     if x.shape[1] == 1 or x.shape[2] == 0:
         projection = torch.zeros(x.shape[:2], device=x.device)
     else:
-        _, _, vh = torch.linalg.svd(x, full_matrices=False)
-        projection = fix_sign((x @ vh[:, 0, :, None])[..., 0])
+        with _full_precision(x.device):
+            _, _, vh = torch.linalg.svd(x, full_matrices=False)
+            projection = fix_sign((x @ vh[:, 0, :, None])[..., 0])
     projection = projection.reshape(batch.shape[0], *batch.shape[2:])
     return projection.numpy() if to_numpy else projection
 
@@ -132,10 +145,11 @@ def get_2d_projection_kernel(
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(_KERNELS)}")
     batch, to_numpy = _as_tensor(activation_batch)
     x = _positions_by_channels(batch).double()
-    k = _kernel_matrix(x, kernel, gamma, degree, coef0)
-    k = k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True) + k.mean(dim=(1, 2), keepdim=True)
-    k = (k + k.transpose(1, 2)) / 2
-    eigenvalues, eigenvectors = torch.linalg.eigh(k)
+    with _full_precision(x.device):
+        k = _kernel_matrix(x, kernel, gamma, degree, coef0)
+        k = k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True) + k.mean(dim=(1, 2), keepdim=True)
+        k = (k + k.transpose(1, 2)) / 2
+        eigenvalues, eigenvectors = torch.linalg.eigh(k)
     top = eigenvectors[..., -1] * eigenvalues[..., -1:].clamp_min(0).sqrt()
     projection = fix_sign(top).float().reshape(batch.shape[0], *batch.shape[2:])
     return projection.numpy() if to_numpy else projection
