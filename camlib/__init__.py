@@ -29,7 +29,7 @@ from camlib.score_cam import ScoreCAM
 from camlib.seg_eigen_cam import SegEigenCAM
 from camlib.sess import SESS
 from camlib.shapley_cam import ShapleyCAM
-from camlib.utils import model_targets, reshape_transforms
+from camlib.utils import model_outputs, model_targets, reshape_transforms
 from camlib.xgrad_cam import XGradCAM
 
 __version__ = "0.1.0"
@@ -64,6 +64,7 @@ __all__ = [
     "ShapleyCAM",
     "XGradCAM",
     "guided_grad_cam",
+    "model_outputs",
     "model_targets",
     "reshape_transforms",
     "run_dff_on_image",

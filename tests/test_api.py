@@ -92,6 +92,32 @@ def test_package_root_mirrors_reference():
         importlib.import_module(f"camlib.{submodule}")
 
 
+#: camlib's own public names beyond the reference's; removing one breaks users too.
+CAMLIB_ONLY_API = {
+    "utils.model_outputs": [
+        "EMBEDDING_KEYS", "LOGIT_KEYS", "OutputAdaptedTarget", "embedding_of", "is_detection_output", "logits_of",
+    ],
+    "utils.model_targets": ["SimilarityToConceptTarget"],
+    "utils.reshape_transforms": [
+        "feature_pyramid_to_map", "infer_reshape_transform", "num_prefix_tokens", "tokens_to_grid",
+    ],
+    "utils.progress": ["PROGRESS_ENV", "progress_bar", "progress_enabled"],
+    "metrics": [
+        "AverageDrop", "ConfidenceIncrease", "Deletion", "Insertion", "PointingGame", "EnergyPointingGame",
+        "ModelParameterRandomisation",
+    ],
+    "cli": ["main"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(CAMLIB_ONLY_API))
+def test_camlib_only_public_names(module):
+    mod = importlib.import_module(f"camlib.{module}")
+    missing = [name for name in CAMLIB_ONLY_API[module] if name not in getattr(mod, "__all__", ())]
+    assert not missing, f"camlib.{module}.__all__ lacks {missing}"
+    assert all(hasattr(mod, name) for name in CAMLIB_ONLY_API[module])
+
+
 def test_everything_in_all_exists():
     for name in camlib.__all__:
         assert hasattr(camlib, name), name

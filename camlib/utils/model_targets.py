@@ -226,7 +226,9 @@ class FasterRCNNBoxScoreTarget:
         iou_threshold: minimum IoU for a detection to count.
     """
 
-    def __init__(self, labels: Sequence[int], bounding_boxes, iou_threshold: float = 0.5) -> None:
+    def __init__(
+        self, labels: Sequence[int], bounding_boxes: Union[torch.Tensor, np.ndarray, Sequence], iou_threshold: float = 0.5
+    ) -> None:
         self.labels = labels
         self.bounding_boxes = bounding_boxes
         self.iou_threshold = iou_threshold
