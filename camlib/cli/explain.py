@@ -56,7 +56,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from camlib.cli.dataset import ImageDataset, collate, source_stat, worker_init
 from camlib.cli.distributed import DistContext, env_rank, init_distributed
@@ -82,7 +81,7 @@ from camlib.cli.pipeline import (
     load_model,
 )
 from camlib.models import CAM_METHODS, resolve_device
-from camlib.utils.progress import progress_enabled
+from camlib.utils.progress import progress_bar, progress_enabled
 
 __all__ = [
     "EXIT_FAILED",
@@ -514,11 +513,11 @@ def _process(plan: Plan, work: _Work, loaded: LoadedModel, ctx: DistContext, set
         batch_iter = iter(loader)  # the workers start here, before any thread of ours
         with ManifestWriter(manifest_path, fsync=settings.fsync) as manifest:
             writer = OutputWriter(settings.out_dir, plan, loaded, manifest, ctx.rank, options, settings.write_threads)
-            bar = tqdm(
+            bar = progress_bar(
                 total=sum(len(b) for b in batches),
+                progress=bool(progress_enabled(settings.progress) and ctx.is_main),
                 unit="img",
                 desc=f"camlib explain ({settings.method})" + (f", rank 0 of {ctx.world_size}" if ctx.world_size > 1 else ""),
-                disable=not (progress_enabled(settings.progress) and ctx.is_main),
                 dynamic_ncols=True,
             )
             try:
