@@ -113,3 +113,23 @@ def test_memory_measurement_sees_a_large_allocation(bench_cam, monkeypatch):
     monkeypatch.setattr(bench_cam, "scorecam_runners", with_a_256_mib_buffer)
     cold, warm = bench_cam.measure_scorecam_memory("camlib", args)
     assert cold >= 250 and warm >= 250
+
+
+def test_class_score_fast_path_equals_calling_each_target():
+    """score_outputs gathers plain ClassifierOutputTarget scores in one op (ScoreCAM,
+    AblationCAM and the metrics score thousands of inputs); same values as the calls."""
+    import torch
+
+    from camlib.utils.batched import score_outputs, split_outputs
+    from camlib.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    outputs = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    for targets in (
+        [ClassifierOutputTarget(c) for c in (0, 6, -1, 3, 3)],
+        [ClassifierOutputTarget(1), ClassifierOutputSoftmaxTarget(2), ClassifierOutputTarget(0),
+         ClassifierOutputTarget(4), ClassifierOutputTarget(5)],
+    ):
+        expected = torch.stack([t(o) for t, o in zip(targets, split_outputs(outputs, 5))]).float()
+        assert torch.equal(score_outputs(outputs, targets), expected)
+    with pytest.raises(IndexError):
+        score_outputs(outputs, [ClassifierOutputTarget(7)] * 5)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_bar
 
 __all__ = ["batched_target_scores", "score_outputs", "split_outputs"]
@@ -56,9 +57,28 @@ def score_outputs(outputs: Any, targets: Sequence[Callable]) -> torch.Tensor:
     sample. A target returning several values (e.g. ``RawScoresOutputTarget``)
     contributes their sum.
     """
+    fast = _class_scores(outputs, targets)
+    if fast is not None:
+        return fast
     per_image = split_outputs(outputs, len(targets))
     scores = [torch.as_tensor(target(output)).reshape(-1).sum() for target, output in zip(targets, per_image)]
     return torch.stack(scores).float()
+
+
+def _class_scores(outputs: Any, targets: Sequence[Callable]) -> Optional[torch.Tensor]:
+    """One gather instead of one call per image, for the common case: a ``[B, K]``
+    logits tensor and plain :class:`ClassifierOutputTarget` targets (same values as
+    calling them). None when the case does not apply."""
+    if not (isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.shape[0] == len(targets) > 0):
+        return None
+    if not all(type(target) is ClassifierOutputTarget for target in targets):
+        return None
+    classes = outputs.shape[1]
+    categories = [target.category for target in targets]
+    if not all(-classes <= c < classes for c in categories):
+        return None  # the per-image call raises the usual IndexError
+    index = torch.tensor([c % classes for c in categories], device=outputs.device)
+    return outputs.gather(1, index[:, None])[:, 0].float()
 
 
 @torch.no_grad()
