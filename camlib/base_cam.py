@@ -243,7 +243,9 @@ class BaseCAM:
         x = input_tensor.detach().to(self.device)
         if x.is_inference():
             x = x.clone()
-        if not bool(torch.isfinite(x).all()):
+        # One reduction in the usual case: a finite sum means no NaN or Inf; only a
+        # non-finite sum (NaN/Inf, or overflow) needs the element-wise check.
+        if not bool(torch.isfinite(x.sum(dtype=torch.float32))) and not bool(torch.isfinite(x).all()):
             raise ValueError("input_tensor contains NaN or Inf values; check the preprocessing")
         dtype = _model_float_dtype(self.model)
         if dtype is not None and x.dtype != dtype:

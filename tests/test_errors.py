@@ -119,6 +119,18 @@ def test_bad_input_tensor(model, bad, error, message):
         GradCAM(model, [model.features[-1]])(bad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_finite_input_is_not_mistaken_for_inf(model, dtype):
+    """The finiteness check sums first; a sum that overflows must fall back to the
+    element-wise check rather than reject finite values."""
+    x = torch.full((1, 3, 16, 16), 3e38, dtype=dtype)
+    x[0, 0, 0, 0] = -1.0
+    assert GradCAM(model, [model.features[-1]])(x).shape == (1, 16, 16)
+    x[0, 0, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        GradCAM(model, [model.features[-1]])(x)
+
+
 class DictModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
