@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Optional, Sequence
 
-import cv2
+from _common import run_main, write_image
 
 from camlib.demo import load_sample_image
 from camlib.models import (
@@ -85,9 +84,7 @@ def run(args: argparse.Namespace) -> str:
     cam_image = show_cam_on_image(rgb_img, grayscale_cam, use_rgb=True)
 
     os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, f"{args.method}_cam.jpg")
-    if not cv2.imwrite(path, cv2.cvtColor(cam_image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path!r}")
+    path = write_image(cam_image, args.output_dir, f"{args.method}_cam.jpg")
     explained = args.target_category if args.target_category is not None else top_class
     print(f"{args.model}: {args.method} of class {explained} at {layer_path}; wrote {path}")
     return path
@@ -95,13 +92,4 @@ def run(args: argparse.Namespace) -> str:
 
 def main(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status (2 for a user error)."""
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as err:
-        if args.traceback:
-            raise
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_main(parser, run, argv)

@@ -28,10 +28,14 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_main
 
 from camlib.demo import load_sample_image
 from camlib.models import (
@@ -225,17 +229,7 @@ def run(args: argparse.Namespace) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status (2 for a user error, like argparse)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as err:
-        if args.traceback:
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -18,50 +18,29 @@ Writes ``guided_gradcam.jpg`` into --output-dir.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import example_parser, load_input, run_main, write_image
+
 from camlib import GradCAM, GuidedBackpropReLUModel, guided_grad_cam
-from camlib.demo import load_sample_image
-from camlib.models import (
-    build_model,
-    class_names,
-    default_preprocessing,
-    default_target_layers,
-    image_grid,
-    load_image,
-    resize_image,
-    resolve_device,
-)
-from camlib.utils.image import deprocess_image, preprocess_image, show_cam_on_image
+from camlib.models import build_model, class_names, default_target_layers, image_grid, resolve_device
+from camlib.utils.image import deprocess_image, show_cam_on_image
 from camlib.utils.model_targets import ClassifierOutputTarget
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
-        prog="guided_gradcam_example.py",
-        description="Grad-CAM, guided backpropagation and guided Grad-CAM side by side, one row per class.",
+    parser = example_parser(
+        "guided_gradcam_example.py",
+        "Grad-CAM, guided backpropagation and guided Grad-CAM side by side, one row per class.",
+        "guided_gradcam.jpg",
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    parser.add_argument(
-        "--image-path", default=None, help="input image (default: camlib's bundled sample image)"
-    )
-    parser.add_argument(
-        "--output-dir", default="output", help="where guided_gradcam.jpg is written (default: output)"
-    )
-    parser.add_argument(
-        "--model", default="demo", help="'demo' (default) or a torchvision classification model"
-    )
-    parser.add_argument(
-        "--weights", default="DEFAULT", help="DEFAULT (the default), none, or a checkpoint path"
-    )
-    parser.add_argument("--image-size", type=int, default=None, help="side of the square input")
     parser.add_argument(
         "--target-category",
         type=int,
@@ -69,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="class indices (default: the two top classes)",
     )
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -78,12 +56,7 @@ def run(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     model = build_model(args.model, args.weights, device=device, image_size=args.image_size)
     target_layers = default_target_layers(model, args.model)
-    preprocessing = default_preprocessing(args.model, model)
-    size = (args.image_size, args.image_size) if args.image_size else preprocessing.image_size
-    rgb_img = (
-        load_image(args.image_path, size) if args.image_path else resize_image(load_sample_image(), size)
-    )
-    input_tensor = preprocess_image(rgb_img, mean=preprocessing.mean, std=preprocessing.std).to(device)
+    rgb_img, input_tensor, _ = load_input(args, model, device)
 
     with torch.no_grad():
         scores = model(input_tensor)[0]
@@ -119,26 +92,14 @@ def run(args: argparse.Namespace) -> str:
         rows, row_labels=labels, column_labels=["image", "Grad-CAM", "guided backprop", "guided Grad-CAM"]
     )
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, "guided_gradcam.jpg")
-    if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path!r}")
+    path = write_image(grid, args.output_dir, "guided_gradcam.jpg")
     print(f"explained {', '.join(labels)}; wrote {path}")
     return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status (2 for a user error)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as err:
-        if args.traceback:
-            raise
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
