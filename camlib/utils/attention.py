@@ -1,0 +1,409 @@
+"""Attention probabilities of vision transformers, captured for one forward pass.
+
+The transformer-native methods (:mod:`camlib.attention_rollout`,
+:mod:`camlib.transformer_attribution`, :mod:`camlib.legrad`) read the
+post-softmax attention probabilities ``A`` of every self-attention layer,
+``[B, heads, N, N]`` (query rows, key columns, class/distillation/register
+tokens included), and some need the gradient of a score with respect to
+them. Most models never materialise ``A``: they call a fused kernel. This
+module finds the attention modules and switches each to its explicit path for
+the duration of a ``with`` block only:
+
+* ``torch.nn.MultiheadAttention`` (torchvision's ViT calls it with
+  ``need_weights=False``): a forward pre-hook asks for per-head weights
+  (``need_weights=True, average_attn_weights=False``) and the forward hook
+  hands the caller what it asked for. With ``differentiable=True`` the
+  recorded ``A`` is a detached leaf copy of the weights, and the hook adds
+  ``out_proj((A - A.detach()) V)`` to the output: exactly zero, so the output
+  is bit-for-bit unchanged, but the score now depends on ``A`` with the true
+  derivative (the module returns a view of its weights that the output does
+  not depend on, so it cannot be differentiated directly).
+* timm's ``Attention`` and its relatives (any module with a boolean
+  ``fused_attn`` and an ``attn_drop`` child; ViT, DeiT with its distillation
+  token, register-token ViTs): ``fused_attn`` is set to False and ``A`` is
+  the output of ``attn_drop`` (the tensor multiplied by ``V``).
+* Hugging Face attention modules (class name ending in ``Attention``, with a
+  ``config`` carrying ``_attn_implementation``; ViT's ``ViTAttention``, or
+  ``ViTSelfAttention`` in older releases): the config is switched to
+  ``"eager"`` and ``A`` is the weights tensor the module returns.
+
+Everything is undone in ``finally``: hooks removed, ``fused_attn`` and
+``_attn_implementation`` set back, also when the forward pass raises. The
+model's parameters, buffers and training flags are never touched.
+
+The token layout is the one :mod:`camlib.utils.reshape_transforms` infers
+(:func:`relevance_to_grid`): the prefix tokens the model declares are dropped
+and the rest laid out on the patch grid of the input's aspect ratio.
+
+Example:
+    >>> import torch, torchvision
+    >>> from camlib.utils.attention import capture_attention
+    >>> vit = torchvision.models.VisionTransformer(
+    ...     image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64).eval()
+    >>> with torch.no_grad(), capture_attention(vit) as record:
+    ...     logits = vit(torch.randn(1, 3, 32, 32))
+    >>> [tuple(a.shape) for a in record.attentions]
+    [(1, 2, 5, 5), (1, 2, 5, 5)]
+    >>> vit.encoder.layers[0].self_attention._forward_pre_hooks  # nothing left behind
+    OrderedDict()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camlib.utils.reshape_transforms import infer_reshape_transform, num_prefix_tokens
+
+__all__ = [
+    "AttentionRecord",
+    "attention_kind",
+    "capture_attention",
+    "class_token_relevance",
+    "find_attention_modules",
+    "has_class_token",
+    "relevance_to_grid",
+    "stack_by_module",
+    "transformer_blocks",
+]
+
+#: Names of a block's feed-forward child: the block is the attention module's
+#: nearest ancestor that has one.
+_MLP_NAMES = ("mlp", "ffn", "feed_forward", "intermediate", "mlp_block")
+_CLASS_TOKEN_NAMES = ("class_token", "cls_token", "class_embedding")
+
+
+def attention_kind(module: nn.Module) -> Optional[str]:
+    """Which capture applies to ``module``: ``"torch"``, ``"timm"``, ``"hf"``, or None.
+
+    Example:
+        >>> attention_kind(torch.nn.MultiheadAttention(8, 2)), attention_kind(torch.nn.Linear(2, 2))
+        ('torch', None)
+    """
+    if isinstance(module, nn.MultiheadAttention):
+        return "torch"
+    if isinstance(getattr(module, "fused_attn", None), bool) and isinstance(
+        getattr(module, "attn_drop", None), nn.Module
+    ):
+        return "timm"
+    config = getattr(module, "config", None)
+    if type(module).__name__.endswith("Attention") and hasattr(config, "_attn_implementation"):
+        return "hf"
+    return None
+
+
+def _no_attention_error(model: nn.Module) -> ValueError:
+    return ValueError(
+        f"found no self-attention module in {type(model).__name__}; attention-based methods need a vision "
+        "transformer whose blocks use torch.nn.MultiheadAttention (torchvision's VisionTransformer), timm's "
+        "Attention (ViT, DeiT, ...; a module with `fused_attn` and `attn_drop`) or a Hugging Face ViT "
+        "attention module. For a CNN use a CAM method such as GradCAM instead"
+    )
+
+
+def find_attention_modules(model: nn.Module) -> List[nn.Module]:
+    """The self-attention modules of ``model`` in registration (usually forward) order.
+
+    Only the innermost module of each kind is kept (a Hugging Face
+    ``ViTAttention`` wrapping ``ViTSelfAttention`` yields the latter).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: the model has none (a CNN); the message names the supported kinds.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    found = [m for m in model.modules() if attention_kind(m) is not None]
+    inner = [m for m in found if not any(o is not m and o in found for o in m.modules())]
+    if not inner:
+        raise _no_attention_error(model)
+    return inner
+
+
+def transformer_blocks(model: nn.Module, attention_modules: Optional[Sequence[nn.Module]] = None) -> List[nn.Module]:
+    """The transformer block of each attention module: its nearest ancestor that has a feed-forward child.
+
+    The feed-forward child is recognised by name (``mlp``, ``ffn``,
+    ``feed_forward``, ``intermediate``): torchvision's ``EncoderBlock``, timm's
+    ``Block`` and Hugging Face's ``ViTLayer``. A block's output is the token
+    sequence ``[B, N, C]`` after attention and MLP.
+
+    Raises:
+        ValueError: an attention module has no such ancestor; pass the blocks yourself.
+    """
+    attention_modules = list(find_attention_modules(model) if attention_modules is None else attention_modules)
+    parents = {}
+    for module in model.modules():
+        for child in module.children():
+            parents[id(child)] = module
+    blocks = []
+    for attention in attention_modules:
+        node = attention
+        while id(node) in parents:
+            node = parents[id(node)]
+            if any(child_name in _MLP_NAMES for child_name, _ in node.named_children()):
+                blocks.append(node)
+                break
+        else:
+            raise ValueError(
+                f"cannot find the transformer block of {repr(attention).splitlines()[0]}: none of its "
+                f"ancestors has a feed-forward child named one of {list(_MLP_NAMES)}; pass the blocks "
+                "(modules returning [B, tokens, C]) as target_layers"
+            )
+    return blocks
+
+
+def has_class_token(model: nn.Module) -> bool:
+    """Whether ``model`` prepends a class token (timm's ``has_class_token``, or a class-token parameter).
+
+    Example:
+        >>> import torchvision
+        >>> has_class_token(torchvision.models.vit_b_16(weights=None, image_size=32))
+        True
+    """
+    for module in model.modules():
+        flag = getattr(module, "has_class_token", None)
+        if isinstance(flag, bool):
+            return flag
+    for module in model.modules():
+        for name in _CLASS_TOKEN_NAMES:
+            if isinstance(getattr(module, name, None), torch.Tensor):
+                return True
+    return False
+
+
+def class_token_relevance(matrix: torch.Tensor, class_token: bool) -> torch.Tensor:
+    """The row of a ``[B, N, N]`` token-relevance matrix that explains the prediction: ``[B, N]``.
+
+    With a class token (always token 0 in torchvision, timm and Hugging Face)
+    its row; without one (a mean-pooled ViT) the mean over all query rows,
+    since the pooled representation is the mean of the tokens.
+    """
+    return matrix[:, 0] if class_token else matrix.mean(dim=1)
+
+
+def relevance_to_grid(
+    relevance: torch.Tensor, input_spatial: Sequence[int], prefix_tokens: Optional[int] = None
+) -> torch.Tensor:
+    """Per-token relevance ``[B, N]`` to a patch-grid map ``[B, h, w]``, prefix tokens dropped.
+
+    The layout is :func:`camlib.utils.reshape_transforms.infer_reshape_transform`'s:
+    ``prefix_tokens`` (from :func:`camlib.utils.reshape_transforms.num_prefix_tokens`)
+    leading tokens are dropped when the rest forms a grid of the input's
+    aspect ratio; otherwise the fewest leading tokens that leave such a grid.
+
+    Example:
+        >>> relevance_to_grid(torch.arange(5.0)[None], (32, 32), prefix_tokens=1)
+        tensor([[[1., 2.],
+                 [3., 4.]]])
+    """
+    if relevance.ndim != 2:
+        raise ValueError(f"relevance must be [B, tokens], got shape {list(relevance.shape)}")
+    transform = infer_reshape_transform((relevance.shape[0], relevance.shape[1], 1), input_spatial, prefix_tokens)
+    if transform is None:  # pragma: no cover - a [B, N, 1] shape always gets a token transform
+        raise ValueError(f"cannot lay out relevance of shape {list(relevance.shape)} on a grid")
+    return transform(relevance[:, :, None])[:, 0]
+
+
+@dataclass
+class AttentionRecord:
+    """What :func:`capture_attention` saw: one entry per attention call, in call order.
+
+    Attributes:
+        modules: the attention module of each call.
+        attentions: its probabilities ``[B, heads, N, N]`` (query rows, key
+            columns). Part of the autograd graph with ``differentiable=True``
+            (take gradients with ``torch.autograd.grad``), detached clones otherwise.
+        block_outputs: with ``blocks=`` given, each block's output tokens
+            ``[B, N, C]`` in call order (in the graph when differentiable).
+        block_modules: the block of each entry of ``block_outputs``.
+        prefix_tokens: tokens before the patch grid, as the model declares
+            (:func:`camlib.utils.reshape_transforms.num_prefix_tokens`), or None.
+        class_token: whether the model has a class token (:func:`has_class_token`).
+    """
+
+    modules: List[nn.Module] = field(default_factory=list)
+    attentions: List[torch.Tensor] = field(default_factory=list)
+    block_outputs: List[torch.Tensor] = field(default_factory=list)
+    block_modules: List[nn.Module] = field(default_factory=list)
+    prefix_tokens: Optional[int] = None
+    class_token: bool = True
+
+
+# -- torch.nn.MultiheadAttention ----------------------------------------------------------
+# Positions of need_weights and average_attn_weights in MultiheadAttention.forward.
+_NEED_WEIGHTS_POS, _AVERAGE_POS = 4, 6
+
+
+def _set_arg(args: list, kwargs: dict, position: int, name: str, value: Any, default: Any) -> Any:
+    if len(args) > position:
+        old, args[position] = args[position], value
+    else:
+        old = kwargs.get(name, default)
+        kwargs[name] = value
+    return old
+
+
+def _mha_value_heads(module: nn.MultiheadAttention, value: torch.Tensor) -> torch.Tensor:
+    """``V`` of each head, ``[B, heads, S, d]``, from the value input (batch-first ``[B, S, E]``)."""
+    embed = module.embed_dim
+    weight = module.in_proj_weight[2 * embed :] if module.in_proj_weight is not None else module.v_proj_weight
+    bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * embed :]
+    v = F.linear(value, weight, bias)
+    batch, length = v.shape[:2]
+    return v.reshape(batch, length, module.num_heads, embed // module.num_heads).transpose(1, 2)
+
+
+def _hook_torch_mha(module: nn.MultiheadAttention, record: AttentionRecord, differentiable: bool) -> list:
+    if differentiable and (module.bias_k is not None or module.add_zero_attn):
+        raise ValueError(
+            f"{repr(module).splitlines()[0]} adds key/value biases or a zero attention token; gradients of "
+            "its attention probabilities are not supported (use AttentionRollout, which needs none)"
+        )
+    requested: list = []  # the caller's (need_weights, average_attn_weights) of each pending call
+
+    def pre_hook(mod, args, kwargs):
+        args, kwargs = list(args), dict(kwargs)
+        need = _set_arg(args, kwargs, _NEED_WEIGHTS_POS, "need_weights", True, True)
+        average = _set_arg(args, kwargs, _AVERAGE_POS, "average_attn_weights", False, True)
+        requested.append((bool(need), bool(average)))
+        return tuple(args), kwargs
+
+    def hook(mod, args, kwargs, output):
+        need, average = requested.pop()
+        out, weights = output
+        if differentiable:
+            # A leaf copy of the weights enters the output through a term that is exactly zero:
+            # d(out)/d(leaf) is the true d(out)/dA, and nothing flows back into the graph that
+            # made A (the real path already carries that).
+            leaf = weights.detach().requires_grad_()
+            value = args[2] if len(args) > 2 else kwargs["value"]
+            if not mod.batch_first:
+                value = value.transpose(0, 1)
+            heads = torch.matmul(leaf - leaf.detach(), _mha_value_heads(mod, value.detach()).detach())
+            zero = F.linear(heads.transpose(1, 2).flatten(2), mod.out_proj.weight.detach())
+            out = out + (zero if mod.batch_first else zero.transpose(0, 1))
+            record.attentions.append(leaf)
+        else:
+            record.attentions.append(weights.detach().clone())
+        record.modules.append(mod)
+        if not need:
+            return out, None
+        return out, (weights.mean(dim=1) if average else weights)
+
+    return [
+        module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        module.register_forward_hook(hook, with_kwargs=True),
+    ]
+
+
+def _hook_timm(module: nn.Module, record: AttentionRecord, differentiable: bool) -> list:
+    def hook(dropout, args, output):
+        record.attentions.append(output if differentiable else output.detach().clone())
+        record.modules.append(module)
+
+    return [module.attn_drop.register_forward_hook(hook)]
+
+
+def _hook_hf(module: nn.Module, record: AttentionRecord, differentiable: bool) -> list:
+    def hook(mod, args, output):
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if not isinstance(weights, torch.Tensor) or weights.ndim != 4:
+            raise ValueError(
+                f"{type(mod).__name__} returned no attention probabilities in eager mode; this transformers "
+                "release is not supported by camlib's attention capture (tested with transformers 5)"
+            )
+        record.attentions.append(weights if differentiable else weights.detach().clone())
+        record.modules.append(mod)
+
+    return [module.register_forward_hook(hook)]
+
+
+_HOOKS = {"torch": _hook_torch_mha, "timm": _hook_timm, "hf": _hook_hf}
+
+
+@contextlib.contextmanager
+def capture_attention(
+    model: nn.Module,
+    modules: Optional[Sequence[nn.Module]] = None,
+    *,
+    differentiable: bool = False,
+    blocks: Optional[Sequence[nn.Module]] = None,
+) -> Iterator[AttentionRecord]:
+    """Record the attention probabilities of ``modules`` (default: all) during the ``with`` block.
+
+    Args:
+        model: the transformer; only switched to explicit attention inside the block.
+        modules: attention modules to record (default :func:`find_attention_modules`).
+        differentiable: keep the recorded tensors in the autograd graph so a
+            score can be differentiated with respect to them (run the forward
+            pass with gradients enabled). Otherwise detached clones are kept.
+        blocks: also record these modules' outputs (``[B, N, C]`` tokens),
+            e.g. from :func:`transformer_blocks`, for per-block scores (LeGrad).
+
+    Yields:
+        An :class:`AttentionRecord` filled by the forward passes run inside.
+
+    Raises:
+        ValueError: no attention module (a CNN), or a module that is not one.
+    """
+    modules = find_attention_modules(model) if modules is None else list(modules)
+    kinds = [attention_kind(m) for m in modules]
+    for module, kind in zip(modules, kinds):
+        if kind is None:
+            raise ValueError(
+                f"{repr(module).splitlines()[0]} is not a supported attention module; pass modules from "
+                "camlib.utils.attention.find_attention_modules(model)"
+            )
+    record = AttentionRecord(prefix_tokens=num_prefix_tokens(model), class_token=has_class_token(model))
+    handles: list = []
+    fused: list = []  # (module, old fused_attn)
+    configs: list = []  # (config, old _attn_implementation)
+    try:
+        for module, kind in zip(modules, kinds):
+            if kind == "timm" and module.fused_attn:
+                fused.append((module, module.fused_attn))
+                module.fused_attn = False
+            elif kind == "hf" and all(c is not module.config for c, _ in configs):
+                configs.append((module.config, module.config._attn_implementation))
+                module.config._attn_implementation = "eager"
+            handles.extend(_HOOKS[kind](module, record, differentiable))
+        for block in blocks or ():
+
+            def block_hook(mod, args, output):
+                tokens = output[0] if isinstance(output, tuple) else output
+                record.block_outputs.append(tokens if differentiable else tokens.detach().clone())
+                record.block_modules.append(mod)
+
+            handles.append(block.register_forward_hook(block_hook))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, old in reversed(fused):
+            module.fused_attn = old
+        for config, old in reversed(configs):
+            config._attn_implementation = old
+
+
+def stack_by_module(record: AttentionRecord, modules: Sequence[nn.Module]) -> List[torch.Tensor]:
+    """The last recorded attention of each of ``modules``, in the order given.
+
+    Raises:
+        RuntimeError: a module did not run during the forward pass.
+    """
+    last = {}
+    for module, attention in zip(record.modules, record.attentions):
+        last[id(module)] = attention
+    missing = [m for m in modules if id(m) not in last]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} attention module(s) did not run in the forward pass (first: "
+            f"{repr(missing[0]).splitlines()[0]}); the model's forward must call every attention module"
+        )
+    return [last[id(m)] for m in modules]
