@@ -28,6 +28,18 @@ Suites:
 * ``leak``: 1000 consecutive GradCAM calls on resnet18 (one 224x224 image):
   growth of the resident set, and whether any tensor the autograd graph saved
   is still alive after a call (tracked with ``saved_tensors_hooks``).
+* ``autocast``: the gradient methods (``--methods``) under
+  ``torch.autocast`` with float16 and with bfloat16, against float32 in the
+  same rounds: median time, and the smallest per-image correlation and the
+  largest difference between the half-precision and the float32 maps
+  (``ok``: finite maps, correlation above 0.98, no blank float32 map).
+
+The ScoreCAM and AblationCAM settings can be moved (``--scorecam-model``,
+``--scorecam-batch``, ``--scorecam-size``; ``--ablation-batch`` images of
+``--size`` pixels): ``benchmarks/gpu_check.sh`` runs them on resnet50 at 224x224.
+On CUDA every timed call also records its peak extra GPU memory
+(``torch.cuda.max_memory_allocated`` above the level before the call, outside
+the timed window), reported as ``<library>_peak_mib`` and in a table.
 
 Timing: every round runs each participant once, in turn (A B C A B C ...), so
 all of them see the same machine load; the tables report medians over rounds
@@ -127,17 +139,35 @@ def interleaved(
             with _quiet():
                 run()
     times: dict[str, list[float]] = {name: [] for name in participants}
+    peaks: dict[str, list[float]] = {name: [] for name in participants}
+    cuda = device.startswith("cuda")
     for index in range(rounds):
         for name, run in participants.items():
             _sync(device)
+            if cuda:  # outside the timed window
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
             with _quiet():
                 start = time.perf_counter()
                 run()
                 _sync(device)
                 times[name].append(time.perf_counter() - start)
+            if cuda:
+                peaks[name].append((torch.cuda.max_memory_allocated(device) - before) / 2**20)
         summary = "  ".join(f"{n} {times[n][-1] * 1e3:8.1f} ms" for n in participants)
         print(f"  {label} round {index + 1}/{rounds}: {summary}", flush=True)
-    return {name: {"median_s": statistics.median(t), "all_s": t} for name, t in times.items()}
+    result = {name: {"median_s": statistics.median(t), "all_s": t} for name, t in times.items()}
+    if cuda:
+        for name, values in peaks.items():
+            result[name]["peak_extra_mib"] = max(values)
+    return result
+
+
+def _add_peaks(row: dict, timed: dict, names: dict[str, str]) -> None:
+    """Copy each participant's peak extra GPU memory (CUDA only) into ``row``."""
+    for name, key in names.items():
+        if "peak_extra_mib" in timed.get(name, {}):
+            row[f"{key}_peak_mib"] = timed[name]["peak_extra_mib"]
 
 
 def camlib_runner(cls: type, model, layers, x, targets, **kwargs) -> Callable[[], Any]:
@@ -262,6 +292,7 @@ def gradient_suite(args: argparse.Namespace) -> list[dict]:
                     if lib in timed:
                         row[f"{lib}_s"] = timed[lib]["median_s"]
                         row[f"{lib}_x_floor"] = timed[lib]["median_s"] / floor
+                _add_peaks(row, timed, {"forward": "floor", **{lib: lib for lib in LIBRARIES}})
                 rows.append(row)
     return rows
 
@@ -272,8 +303,8 @@ def ablation_suite(args: argparse.Namespace) -> list[dict]:
     for model_name in args.models:
         model = _model(model_name, args.device)
         layer = model.layer4[-1]
-        x = _inputs(1, args.size, args.device)
-        targets = [ClassifierOutputTarget(_classes(1)[0])]
+        x = _inputs(args.ablation_batch, args.size, args.device)
+        targets = [ClassifierOutputTarget(c) for c in _classes(args.ablation_batch)]
         channels = layer.conv1.in_channels  # a Bottleneck/BasicBlock's output channels
         maps = {}
 
@@ -294,9 +325,12 @@ def ablation_suite(args: argparse.Namespace) -> list[dict]:
             participants, args.ablation_rounds, args.device, f"AblationCAM {model_name}", warmup=("camlib",)
         )
         model.zero_grad(set_to_none=True)
-        row = {"suite": "ablation", "method": "AblationCAM", "model": model_name, "batch": 1,
-               "size": args.size, "floor": f"1 forward + {channels} ablated passes", "floor_s": None,
+        passes = f"{channels} ablated passes" if args.ablation_batch == 1 else \
+            f"{channels} ablated passes per image ({args.ablation_batch * channels} in all)"
+        row = {"suite": "ablation", "method": "AblationCAM", "model": model_name, "batch": args.ablation_batch,
+               "size": args.size, "floor": f"1 forward + {passes}", "floor_s": None,
                "camlib_s": timed["camlib"]["median_s"]}
+        _add_peaks(row, timed, {lib: lib for lib in LIBRARIES})
         if "grad-cam" in timed:
             row["grad-cam_s"] = timed["grad-cam"]["median_s"]
             row["speedup_vs_grad-cam"] = row["grad-cam_s"] / row["camlib_s"]
@@ -306,7 +340,7 @@ def ablation_suite(args: argparse.Namespace) -> list[dict]:
 
 
 def _scorecam_setting(args: argparse.Namespace):
-    model = _model("resnet18", args.device)
+    model = _model(getattr(args, "scorecam_model", "resnet18"), args.device)
     x = _inputs(args.scorecam_batch, args.scorecam_size, args.device)
     classes = _classes(args.scorecam_batch)
     return model, model.layer4[-1], x, classes
@@ -356,15 +390,16 @@ def scorecam_suite(args: argparse.Namespace) -> list[dict]:
                 model(masked[start : start + chunk])
 
     participants = {"floor": floor, **scorecam_runners(model, layer, x, classes, chunk)}
-    timed = interleaved(participants, args.scorecam_rounds, args.device, "ScoreCAM resnet18")
+    timed = interleaved(participants, args.scorecam_rounds, args.device, f"ScoreCAM {args.scorecam_model}")
     floor_s = timed["floor"]["median_s"]
-    row = {"suite": "scorecam", "method": "ScoreCAM", "model": "resnet18", "batch": args.scorecam_batch,
+    row = {"suite": "scorecam", "method": "ScoreCAM", "model": args.scorecam_model, "batch": args.scorecam_batch,
            "size": args.scorecam_size, "floor": f"{masked.shape[0]} masked inputs (of "
            f"{x.shape[0] * layer.conv1.in_channels}) in chunks of {chunk}", "floor_s": floor_s}
     for lib in LIBRARIES:
         if lib in timed:
             row[f"{lib}_s"] = timed[lib]["median_s"]
             row[f"{lib}_x_floor"] = timed[lib]["median_s"] / floor_s
+    _add_peaks(row, timed, {"floor": "floor", **{lib: lib for lib in LIBRARIES}})
     return [row]
 
 
@@ -403,7 +438,7 @@ def measure_scorecam_memory(library: str, args: argparse.Namespace) -> tuple[flo
 
 
 def memory_suite(args: argparse.Namespace) -> list[dict]:
-    row = {"suite": "memory", "method": "ScoreCAM", "model": "resnet18", "batch": args.scorecam_batch,
+    row = {"suite": "memory", "method": "ScoreCAM", "model": args.scorecam_model, "batch": args.scorecam_batch,
            "size": args.scorecam_size, "device": args.device}
     libraries = ["camlib"] + [lib for lib, mod in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam"))
                               if _have(mod)]
@@ -411,6 +446,7 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
     for index in range(args.memory_rounds):
         for lib in libraries:
             command = [sys.executable, __file__, "--measure-memory", lib, "--device", args.device,
+                       "--scorecam-model", args.scorecam_model,
                        "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size),
                        "--scorecam-chunk", str(args.scorecam_chunk)]
             # Fixed mmap threshold: large freed buffers go back to the OS, so the
@@ -503,12 +539,72 @@ def leak_suite(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _min_correlation(got: np.ndarray, expected: np.ndarray) -> float:
+    """Smallest Pearson correlation between corresponding maps (1.0 for two constant maps)."""
+    values = []
+    for a, b in zip(got.reshape(len(got), -1), expected.reshape(len(expected), -1)):
+        if a.std() == 0 or b.std() == 0:
+            values.append(1.0 if np.array_equal(a, b) else 0.0)
+        else:
+            values.append(float(np.corrcoef(a, b)[0, 1]))
+    return min(values)
+
+
+def autocast_suite(args: argparse.Namespace) -> list[dict]:
+    """The gradient methods under ``torch.autocast`` (float16, bfloat16) against float32."""
+    rows = []
+    device_type = torch.device(args.device).type
+    for model_name in args.models:
+        model = _model(model_name, args.device)
+        layer = model.layer4[-1]
+        for batch in args.batches:
+            x = _inputs(batch, args.size, args.device)
+            targets = [ClassifierOutputTarget(c) for c in _classes(batch)]
+            for method in args.methods:
+                cls = getattr(camlib, GRADIENT_METHODS[method][0])
+                maps: dict[str, np.ndarray] = {}
+
+                def runner(dtype_name: str, cls=cls, maps=maps, x=x, targets=targets, model=model, layer=layer):
+                    def run():
+                        context = contextlib.nullcontext() if dtype_name == "float32" else \
+                            torch.autocast(device_type, dtype=getattr(torch, dtype_name))
+                        with context, cls(model, [layer], progress=False) as cam:
+                            maps[dtype_name] = cam(x, targets)
+
+                    return run
+
+                participants = {name: runner(name) for name in ("float32", "float16", "bfloat16")}
+                timed = interleaved(participants, args.rounds, args.device, f"autocast {method} {model_name} b{batch}")
+                model.zero_grad(set_to_none=True)
+                for dtype_name in ("float16", "bfloat16"):
+                    got, expected = maps[dtype_name], maps["float32"]
+                    finite = bool(np.isfinite(got).all())
+                    correlation = _min_correlation(got, expected) if finite else float("nan")
+                    # a blank (constant) float32 map would make any comparison pass
+                    blank = bool((expected.reshape(len(expected), -1).std(axis=1) == 0).any())
+                    row = {"suite": "autocast", "method": method, "model": model_name, "batch": batch,
+                           "size": args.size, "dtype": dtype_name, "float32_s": timed["float32"]["median_s"],
+                           "autocast_s": timed[dtype_name]["median_s"],
+                           "speedup": timed["float32"]["median_s"] / timed[dtype_name]["median_s"],
+                           "finite": finite, "dtype_out": str(got.dtype),
+                           "max_abs_diff": float(np.abs(got - expected).max()) if finite else float("nan"),
+                           "min_correlation": correlation, "float32_blank": blank,
+                           "ok": finite and not blank and correlation > 0.98}
+                    _add_peaks(row, timed, {"float32": "float32", dtype_name: "autocast"})
+                    rows.append(row)
+                    print(f"  autocast {dtype_name} {method}: correlation >= {correlation:.4f}, "
+                          f"max |diff| {row['max_abs_diff']:.2e}{', blank float32 map' if blank else ''}, "
+                          f"{'ok' if row['ok'] else 'NOT OK'}", flush=True)
+    return rows
+
+
 SUITES = {
     "gradient": gradient_suite,
     "ablation": ablation_suite,
     "scorecam": scorecam_suite,
     "memory": memory_suite,
     "leak": leak_suite,
+    "autocast": autocast_suite,
 }
 
 
@@ -531,7 +627,7 @@ def markdown(results: list[dict], info: dict) -> str:
     out = []
     gradient = [r for r in results if r["suite"] == "gradient"]
     if gradient:
-        out += ["### Gradient methods (`layer4[-1]`, 224x224)", "",
+        out += [f"### Gradient methods (`layer4[-1]`, {gradient[0]['size']}x{gradient[0]['size']})", "",
                 "Median time per explanation of the batch; in brackets, the ratio to the floor "
                 "(one inference forward pass, same rounds). Speed-up: the peer's median over camlib's.", "",
                 "| method | model | batch | floor | camlib | grad-cam | torchcam | vs grad-cam | vs torchcam |",
@@ -545,7 +641,8 @@ def markdown(results: list[dict], info: dict) -> str:
         out.append("")
     ablation = [r for r in results if r["suite"] == "ablation"]
     if ablation:
-        out += ["### AblationCAM (`layer4[-1]`, one 224x224 image)", "",
+        what = "one image" if ablation[0]["batch"] == 1 else f"batch {ablation[0]['batch']}"
+        out += [f"### AblationCAM (`layer4[-1]`, {what}, {ablation[0]['size']}x{ablation[0]['size']})", "",
                 "| model | passes needed | camlib | grad-cam | speed-up | max abs difference |",
                 "|---|---|---:|---:|---:|---:|"]
         for r in ablation:
@@ -558,7 +655,8 @@ def markdown(results: list[dict], info: dict) -> str:
     scorecam = [r for r in results if r["suite"] == "scorecam"]
     memory = [r for r in results if r["suite"] == "memory"]
     if scorecam or memory:
-        out += ["### ScoreCAM (resnet18 `layer4[-1]`, batch 8, 64x64)", ""]
+        r = (scorecam or memory)[0]
+        out += [f"### ScoreCAM ({r['model']} `layer4[-1]`, batch {r['batch']}, {r['size']}x{r['size']})", ""]
     for r in scorecam:
         out += [f"Floor: {r['floor']}, {_ms(r['floor_s'])}. In brackets, the ratio to the floor.", "",
                 "| camlib | grad-cam | torchcam |", "|---:|---:|---:|",
@@ -578,6 +676,28 @@ def markdown(results: list[dict], info: dict) -> str:
         for r in leak:
             out.append(f"| {r['library']} | {r['calls']} | {r['rss_growth_mib']:+.1f} MiB | "
                        f"{r['saved_tensors_alive_after_call']} |")
+        out.append("")
+    autocast = [r for r in results if r["suite"] == "autocast"]
+    if autocast:
+        out += ["### Autocast (float16, bfloat16) against float32", "",
+                "| method | model | batch | dtype | float32 | autocast | speed-up | min correlation | max abs diff "
+                "| peak GPU memory (float32 / autocast) | ok |",
+                "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in autocast:
+            memory = (f"{r['float32_peak_mib']:.0f} / {r['autocast_peak_mib']:.0f} MiB"
+                      if "autocast_peak_mib" in r else "n/a")
+            out.append(f"| {r['method']} | {r['model']} | {r['batch']} | {r['dtype']} | {_ms(r['float32_s'])} | "
+                       f"{_ms(r['autocast_s'])} | {r['speedup']:.2f}x | {r['min_correlation']:.4f} | "
+                       f"{r['max_abs_diff']:.1e} | {memory} | {'yes' if r['ok'] else 'NO'} |")
+        out.append("")
+    peaks = [r for r in results if r["suite"] != "autocast" and any(k.endswith("_peak_mib") for k in r)]
+    if peaks:
+        out += ["### Peak extra GPU memory per call (`torch.cuda.max_memory_allocated`, largest over rounds)", "",
+                "| suite | method | model | batch | floor | camlib | grad-cam | torchcam |",
+                "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in peaks:
+            cells = [f"{r[f'{k}_peak_mib']:.0f} MiB" if f"{k}_peak_mib" in r else "n/a" for k in ("floor", *LIBRARIES)]
+            out.append(f"| {r['suite']} | {r['method']} | {r['model']} | {r['batch']} | " + " | ".join(cells) + " |")
         out.append("")
     load = info.get("loadavg_start"), info.get("loadavg_end")
     out += [f"Machine: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']} "
@@ -599,7 +719,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ablation-rounds", type=int, default=3)
-    parser.add_argument("--ablation-batch-size", type=int, default=32)
+    parser.add_argument("--ablation-batch", type=int, default=1, help="images per AblationCAM call")
+    parser.add_argument("--ablation-batch-size", type=int, default=32, help="ablated copies per forward")
+    parser.add_argument("--scorecam-model", default="resnet18")
     parser.add_argument("--scorecam-batch", type=int, default=8)
     parser.add_argument("--scorecam-size", type=int, default=64)
     parser.add_argument("--scorecam-chunk", type=int, default=32, help="masked inputs per forward (all libraries)")

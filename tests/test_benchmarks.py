@@ -4,12 +4,20 @@ Timings are not asserted here (goals live in the benchmarks, see
 docs/benchmarks.md); what is asserted is deterministic: the tables' structure,
 the maps' agreement in the AblationCAM suite, and that no tensor saved by the
 autograd graph outlives a camlib call while the reference keeps its last graph.
+``benchmarks/gpu_check.sh`` is checked for its options, its phases' commands, and
+that it goes on after a failed phase, stays in its budget and writes its four files
+(its whole CPU dry run, ``--device cpu --tiny``, takes minutes: see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -115,6 +123,18 @@ def test_memory_measurement_sees_a_large_allocation(bench_cam, monkeypatch):
     assert cold >= 250 and warm >= 250
 
 
+def test_autocast_suite_compares_half_precision_maps_and_catches_blank_ones(bench_cam):
+    args = ["--suites", "autocast", "--models", "resnet18", "--batches", "2", "--methods", "GradCAM", "--rounds", "1"]
+    rows = bench_cam.main([*args, "--size", "64"])
+    assert [(r["dtype"], r["ok"]) for r in rows] == [("float16", True), ("bfloat16", True)]
+    for row in rows:
+        assert row["dtype_out"] == "float32" and row["finite"] and not row["float32_blank"]
+        assert 0.98 < row["min_correlation"] <= 1 and 0 < row["max_abs_diff"] < 0.1
+    # 32x32: layer4 is 1x1, every map is blank and so is no evidence of agreement
+    rows = bench_cam.main([*args, "--size", "32"])
+    assert [(r["float32_blank"], r["ok"]) for r in rows] == [(True, False), (True, False)]
+
+
 def test_class_score_fast_path_equals_calling_each_target():
     """score_outputs gathers plain ClassifierOutputTarget scores in one op (ScoreCAM,
     AblationCAM and the metrics score thousands of inputs); same values as the calls."""
@@ -133,3 +153,84 @@ def test_class_score_fast_path_equals_calling_each_target():
         assert torch.equal(score_outputs(outputs, targets), expected)
     with pytest.raises(IndexError):
         score_outputs(outputs, [ClassifierOutputTarget(7)] * 5)
+
+
+# --------------------------------------------------------------------------- gpu_check.sh
+
+GPU_CHECK = BENCHMARKS / "gpu_check.sh"
+PHASES = ["device", "install", "tests", "bench_gradient", "bench_scorecam", "bench_ablation", "autocast", "explain"]
+
+
+def _gpu_check(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _dry_run(*args: str) -> dict[str, str]:
+    """Phase -> its command, from ``--dry-run``."""
+    done = _gpu_check(*args, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    parts = re.split(r"^== (\w+) \(limit \d+s\)$", done.stdout, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_gpu_check_dry_run_phases_commands_and_option_errors():
+    cuda = _dry_run()
+    assert list(cuda) == PHASES  # install only by default on CUDA
+    assert "-m gpu -x" in cuda["tests"]
+    assert "--no-index" in cuda["install"] and "grad-cam==1.5.7 torchcam==0.5.0" in cuda["install"]
+    assert "--device cuda --suites gradient --models resnet50 --batches 64 --size 224" in cuda["bench_gradient"]
+    assert "--images 2000" in cuda["explain"] and "--device cuda" in cuda["explain"]
+    assert "--scorecam-model resnet50" in cuda["bench_scorecam"]
+    cpu = _dry_run("--device", "cpu", "--tiny", "--batch", "3", "--phases", "tests,autocast,install")
+    assert list(cpu) == ["tests", "autocast"]  # phase order fixed; no install on the CPU unless asked
+    assert "--device cpu" in cpu["autocast"] and "--batches 3 --size 64" in cpu["autocast"]
+    assert list(_dry_run("--device", "cpu", "--install", "--phases", "install")) == ["install"]
+    # every option the phases pass to the benchmarks exists there
+    bench_options = set(re.findall(r'add_argument\(\s*"(--[a-z-]+)"', (BENCHMARKS / "bench_cam.py").read_text()))
+    assert "--scorecam-model" in bench_options and "--ablation-batch" in bench_options
+    for name in ("bench_gradient", "bench_scorecam", "bench_ablation", "autocast"):
+        for option in re.findall(r" (--[a-z-]+)", cuda[name].split("&&")[0]):
+            assert option in bench_options, (name, option)
+    for bad, message in (
+        (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--phases", "device,nope"], "unknown phase 'nope'"),
+        (["--batch", "x"], "expected a whole number, got 'x'"),
+        (["--out"], "--out needs a value"),
+        (["--bogus"], "unknown option '--bogus'"),
+    ):
+        done = _gpu_check(*bad, "--dry-run")
+        assert done.returncode == 2 and message in done.stderr, (bad, done.stderr)
+
+
+def _outputs(out: Path) -> tuple[list[str], dict, dict[str, str]]:
+    summary = json.loads((out / "summary.json").read_text())
+    with tarfile.open(out / "raw.tar.gz") as archive:
+        logs = {Path(m.name).name: archive.extractfile(m).read().decode() for m in archive if m.isfile()}
+    return sorted(p.name for p in out.iterdir()), summary, logs
+
+
+def test_gpu_check_goes_on_after_a_failed_phase_and_fails_at_the_end(tmp_path):
+    out = tmp_path / "check"
+    done = _gpu_check("--device", "cpu", "--tiny", "--model", "no_such_model",
+                      "--phases", "bench_gradient,autocast", "--out", str(out))
+    assert done.returncode == 1
+    files, summary, logs = _outputs(out)
+    assert files == ["gpu_check.log", "raw.tar.gz", "summary.json", "summary.md"]  # a runner returning 8 files gets all
+    assert [(p["phase"], p["status"]) for p in summary["phases"]] == [("bench_gradient", "failed"), ("autocast", "failed")]
+    assert "no_such_model" in logs["bench_gradient.log"] and "no_such_model" in logs["autocast.log"]
+    assert "FAILED: bench_gradient(failed) autocast(failed)" in done.stdout
+    assert "| bench_gradient | failed |" in (out / "summary.md").read_text()
+    assert (out / "gpu_check.log").read_text().count("== autocast (limit") == 1
+
+
+def test_gpu_check_skips_what_its_budget_cannot_hold_and_passes_when_all_passed(tmp_path):
+    done = _gpu_check("--device", "cpu", "--budget", "19", "--phases", "device,tests", "--out", str(tmp_path / "a"))
+    assert done.returncode == 1
+    _, summary, _ = _outputs(tmp_path / "a")
+    assert [p["status"] for p in summary["phases"]] == ["skipped", "skipped"]
+    assert "FAILED: device(skipped) tests(skipped)" in done.stdout
+    done = _gpu_check("--device", "cpu", "--phases", "device", "--keep-raw", "--out", str(tmp_path / "b"))
+    assert done.returncode == 0 and "all phases passed" in done.stdout
+    assert (tmp_path / "b" / "raw" / "device.log").read_text().startswith("python ")
