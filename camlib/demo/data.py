@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "CLASS_NAMES",
+    "CUE_COLOURS",
     "NUM_CLASSES",
     "SAMPLE_CLASSES",
     "SAMPLE_SEED",
@@ -42,6 +43,8 @@ __all__ = [
     "ShapesDataset",
     "load_sample_image",
     "make_batch",
+    "make_cue_batch",
+    "make_cue_image",
     "make_image",
     "make_sample",
     "split_seed",
@@ -61,6 +64,19 @@ SPLIT_SEED_RANGES: Dict[str, range] = {
 SAMPLE_SEED: int = 2_000_000
 #: The two classes drawn in the bundled sample image (like the reference's dog and cat).
 SAMPLE_CLASSES: Tuple[str, str] = ("star", "ring")
+
+#: Background colour of the spurious cue of each class (RGB in [0, 1]), in class order;
+#: see :func:`make_cue_image`.
+CUE_COLOURS: Tuple[Tuple[float, float, float], ...] = (
+    (0.85, 0.15, 0.15),  # circle: red
+    (0.15, 0.65, 0.2),  # square: green
+    (0.15, 0.3, 0.85),  # triangle: blue
+    (0.9, 0.8, 0.1),  # star: yellow
+    (0.7, 0.2, 0.8),  # cross: purple
+    (0.1, 0.75, 0.8),  # ring: cyan
+)
+#: Share of the textured background kept when a cue colour is given (the rest is the colour).
+_CUE_BLEND = np.float32(1.0 / 3.0)
 
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly
 _SCALE = 1 << _SHIFT
@@ -210,6 +226,13 @@ def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- images
 
 
+def _colour(value: Sequence[float]) -> np.ndarray:
+    colour = np.asarray(value, dtype=np.float32).reshape(-1)
+    if colour.shape != (3,) or not np.all((colour >= 0) & (colour <= 1)):
+        raise ValueError(f"background must be an RGB colour of 3 values in [0, 1], got {value!r}")
+    return colour
+
+
 def _as_rng(seed: SeedLike) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
@@ -244,6 +267,7 @@ def make_image(
     *,
     classes: Optional[Sequence[Union[str, int]]] = None,
     clutter: bool = True,
+    background: Optional[Sequence[float]] = None,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one image with its multi-hot label and pixel-exact per-class masks.
 
@@ -258,6 +282,10 @@ def make_image(
             names or indices. By default they are drawn at random.
         clutter: If ``False``, draw the objects in flat colours on a flat
             background without distractors or noise (for checking the masks).
+        background: Optionally an RGB colour in [0, 1] that dominates the
+            background (the spurious cue of :func:`make_cue_image`): the usual
+            textured background is blended into it, keeping a third of its
+            contrast. ``None`` (the default) leaves the image unchanged.
 
     Returns:
         ``(image, label, masks)``: the RGB image, float32 ``[size, size, 3]`` in
@@ -279,9 +307,13 @@ def make_image(
 
     if clutter:
         img = _background(rng, size)
+        if background is not None:
+            img = _CUE_BLEND * img + (1.0 - _CUE_BLEND) * _colour(background)
         _distractors(img, rng)
     else:
         flat = rng.random(3).astype(np.float32)
+        if background is not None:
+            flat = _colour(background)
         img = np.empty((size, size, 3), np.float32)
         img[:] = flat
 
@@ -356,6 +388,94 @@ def make_batch(
         if masks is not None:
             masks[i] = msk
     return images, labels, masks
+
+
+# --------------------------------------------------------------------------- the spurious cue
+
+
+def make_cue_image(
+    seed: int, size: int = 128, *, correlation: Optional[float] = 0.9
+) -> Tuple[np.ndarray, int, np.ndarray, int]:
+    """Render one single-object image whose background colour is a spurious cue of its class.
+
+    The class ``c`` is drawn uniformly; with probability ``correlation`` the
+    background is dominated by ``CUE_COLOURS[c]``, otherwise by the colour of
+    another class drawn uniformly. A classifier can then reach ``correlation``
+    accuracy on such data from the background alone, without looking at the
+    object. ``correlation=None`` draws the cue independently of the class (the
+    cue-shuffled test condition: the colour says nothing about the class).
+    The rest of the image (object, distractors, noise) is rendered as by
+    :func:`make_image`; the object's mask is pixel-exact.
+
+    Args:
+        seed: A non-negative integer (e.g. from :func:`split_seed`).
+        size: Image height and width in pixels (at least 32).
+        correlation: Probability in [0, 1] that the cue is the class's own colour,
+            or ``None`` for a cue independent of the class.
+
+    Returns:
+        ``(image, label, mask, cue)``: the RGB image, float32 ``[size, size, 3]`` in
+        [0, 1]; the class index; the object's mask, bool ``[size, size]``; and the
+        index of the class whose colour the background has.
+
+    Raises:
+        ValueError: If ``correlation`` is outside [0, 1].
+
+    Example:
+        >>> image, label, mask, cue = make_cue_image(0, 64, correlation=1.0)
+        >>> image.shape, mask.shape, label == cue
+        ((64, 64, 3), (64, 64), True)
+    """
+    if correlation is not None and not 0.0 <= float(correlation) <= 1.0:
+        raise ValueError(f"correlation must be in [0, 1] or None, got {correlation!r}")
+    rng = _as_rng(seed)
+    # A stream of its own for the class and the cue, so the image's stream is make_image's.
+    cue_rng = np.random.default_rng([int(seed), 0x0C0E])
+    label = int(cue_rng.integers(NUM_CLASSES))
+    if correlation is None:
+        cue = int(cue_rng.integers(NUM_CLASSES))
+    elif cue_rng.random() < float(correlation):
+        cue = label
+    else:
+        cue = int((label + 1 + cue_rng.integers(NUM_CLASSES - 1)) % NUM_CLASSES)
+    image, _, masks = make_image(rng, size, classes=[label], background=CUE_COLOURS[cue])
+    return image, label, masks[label], cue
+
+
+def make_cue_batch(
+    split: str, indices: Sequence[int], size: int = 128, *, correlation: Optional[float] = 0.9
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Render several :func:`make_cue_image` images of a split.
+
+    The usual protocol: the train split with ``correlation=0.9`` (the cue agrees
+    with the class 90% of the time) and the test split with ``correlation=None``
+    (cue-shuffled).
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        indices: Positions of the images in the split.
+        size: Image height and width in pixels.
+        correlation: See :func:`make_cue_image`.
+
+    Returns:
+        ``(images, labels, masks, cues)``: uint8 images ``[N, size, size, 3]``,
+        int64 class indices ``[N]``, bool masks ``[N, size, size]`` and int64 cue
+        indices ``[N]``.
+
+    Example:
+        >>> images, labels, masks, cues = make_cue_batch("test", range(3), 32, correlation=None)
+        >>> images.shape, labels.shape, masks.shape, cues.dtype
+        ((3, 32, 32, 3), (3,), (3, 32, 32), dtype('int64'))
+    """
+    n = len(indices)
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    masks = np.empty((n, size, size), bool)
+    cues = np.empty(n, np.int64)
+    for i, index in enumerate(indices):
+        img, labels[i], masks[i], cues[i] = make_cue_image(split_seed(split, int(index)), size, correlation=correlation)
+        images[i] = _to_uint8(img)
+    return images, labels, masks, cues
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
