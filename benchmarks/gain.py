@@ -22,7 +22,13 @@ seeds (so the three runs of a seed see the same batches in the same order):
 * ``GAIN``: :class:`camlib.training.GAIN` with the paper's sigma=0.5, omega=10,
   alpha=1, classification only for the first ``--warmup`` share of the steps;
 * ``GAIN_ext``: the same plus the mask loss (weight 10) on the ``--mask-fraction``
-  of the training images that come with their object's mask (every 10th image).
+  of the training images that come with their object's mask (every 10th image);
+* ``no_cue`` (a reference): the baseline trained on images of the same seeds
+  whose colour is independent of the class, i.e. what the network can learn of
+  the shapes in this budget.
+
+Runs use one torch thread by default: on a shared 2-core machine two threads
+per process were about ten times slower (they wait for each other).
 
 Reported per way, as mean +- standard error over the seeds: accuracy on the
 cue-shuffled test split, accuracy in distribution, the share of shuffled test
@@ -60,7 +66,9 @@ from camlib.utils.image import show_cam_on_image
 from camlib.utils.model_targets import ClassifierOutputTarget
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("baseline", "GAIN", "GAIN_ext")
+VARIANTS = ("baseline", "GAIN", "GAIN_ext", "no_cue")
+#: The ways compared with the baseline (no_cue is a reference: the baseline trained without the cue).
+COMPARED = ("GAIN", "GAIN_ext")
 METRICS = (
     ("acc_shuffled", "Accuracy, cue-shuffled test"),
     ("acc_in_distribution", "Accuracy, cue as in training"),
@@ -93,9 +101,11 @@ def train_variant(variant: str, seed: int, data: Dict[str, Any], cfg: argparse.N
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     gain = None
-    if variant != "baseline":
+    if variant in COMPARED:
         gain = GAIN(model, [model.features[-1]], warmup_steps=int(cfg.warmup * total))
     images, labels = data["train_images"], data["train_labels"]
+    if variant == "no_cue":
+        images, labels = data["nocue_images"], data["nocue_labels"]
     masks, has_mask = data["train_masks"], data["train_has_mask"]
     log: List[Dict[str, float]] = []
     t0 = time.perf_counter()
@@ -165,6 +175,7 @@ def render_data(cfg: argparse.Namespace) -> Dict[str, Any]:
     train = make_cue_batch("train", range(cfg.train_images), cfg.size, correlation=cfg.correlation)
     test = make_cue_batch("test", range(cfg.test_images), cfg.size, correlation=None)
     cued = make_cue_batch("test", range(cfg.test_images), cfg.size, correlation=cfg.correlation)
+    nocue = make_cue_batch("train", range(cfg.train_images), cfg.size, correlation=None)
     every = max(1, round(1 / cfg.mask_fraction)) if cfg.mask_fraction > 0 else 0
     has_mask = torch.zeros(cfg.train_images, dtype=torch.bool)
     if every:
@@ -180,6 +191,8 @@ def render_data(cfg: argparse.Namespace) -> Dict[str, Any]:
         "test_masks": torch.from_numpy(test[2]),
         "test_cues": torch.from_numpy(test[3]),
         "test_cued_images": torch.from_numpy(cued[0]),
+        "nocue_images": torch.from_numpy(nocue[0]),
+        "nocue_labels": torch.from_numpy(nocue[1]),
     }
 
 
@@ -253,9 +266,7 @@ def _fmt(stat: Dict[str, float]) -> str:
 def write_report(path: Path, summary: Dict[str, Any], figure: str) -> str:
     cfg, runs = summary["config"], summary["runs"]
     lines = [
-        "# GAIN on the spurious-cue demo",
-        "",
-        "<!-- Written by benchmarks/gain.py; rerun it to refresh. -->",
+        "<!-- Written by benchmarks/gain.py between these markers; rerun it to refresh. -->",
         "",
         "Does training with GAIN ([`camlib.training.GAIN`](api/training.md), Li et al., "
         "[\"Tell Me Where to Look\"](https://arxiv.org/abs/1802.10171), CVPR 2018) make the demo CNN "
@@ -277,6 +288,9 @@ def write_report(path: Path, summary: Dict[str, Any], figure: str) -> str:
         f"classification only for the first {cfg['warmup']:.0%} of the steps (`warmup_steps`).",
         f"* **GAIN_ext**: the same plus the mask loss (weight 10) on the {cfg['mask_fraction']:.0%} of the "
         "training images that come with their object's mask (every tenth image; the others have none).",
+        "* **no_cue** (a reference, not a contender): the baseline trained on images of the same seeds whose "
+        "colour is independent of the class: what the network learns of the shapes in this budget when "
+        "nothing easier is on offer.",
         "",
         f"Mean ± standard error over {len(cfg['seeds'])} seeds; {cfg['test_images']} test images for the "
         f"accuracies, the first {cfg['map_images']} for the maps (Grad-CAM of the true class on the "
@@ -301,23 +315,23 @@ def write_report(path: Path, summary: Dict[str, Any], figure: str) -> str:
         "| Training | " + " | ".join(name for _, name in METRICS) + " |",
         "| --- | " + " | ".join("---:" for _ in METRICS) + " |",
     ]
-    for variant in VARIANTS[1:]:
+    for variant in COMPARED:
         diff = summary["paired_vs_baseline"][variant]
         lines.append(f"| {variant} − baseline | " + " | ".join(_fmt(diff[key]) for key, _ in METRICS) + " |")
     lines += [
         "",
-        "## What the numbers say",
+        "### What the numbers say",
         "",
         *summary["verdict"],
         "",
-        "## Maps before and after",
+        "### Maps before and after",
         "",
         "Grad-CAM of the true class on cue-shuffled test images (each on a background of *another* "
         f"class's colour), seed {cfg['seeds'][0]}; the white outline in the first row is the object's mask.",
         "",
         f"![Grad-CAM maps of the baseline, GAIN and GAIN_ext models]({figure})",
         "",
-        "## How it was run",
+        "### How it was run",
         "",
         "```bash",
         summary["command"],
@@ -334,10 +348,17 @@ def write_report(path: Path, summary: Dict[str, Any], figure: str) -> str:
         "Raw numbers: `benchmarks/results/gain.json`.",
         "",
     ]
-    text = "\n".join(lines)
+    block = "\n".join(lines)
+    start, end = "<!-- gain-benchmark:start -->", "<!-- gain-benchmark:end -->"
+    page = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start in page and end in page:
+        head, rest = page.split(start, 1)
+        page = head + start + "\n" + block + end + rest.split(end, 1)[1]
+    else:
+        page = f"# GAIN on the spurious-cue demo\n\n{start}\n{block}{end}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return text
+    path.write_text(page, encoding="utf-8")
+    return block
 
 
 def _load(value: Any) -> str:
@@ -347,7 +368,7 @@ def _load(value: Any) -> str:
 def _verdict(summary: Dict[str, Any]) -> List[str]:
     """Plain sentences from the numbers: a difference counts when the paired mean is 2 SE away from 0."""
     out = []
-    for variant in VARIANTS[1:]:
+    for variant in COMPARED:
         diff = summary["paired_vs_baseline"][variant]
         parts = []
         for key, name in METRICS:
@@ -367,8 +388,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--train-images", type=int, default=4000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--test-images", type=int, default=1000)
     parser.add_argument("--map-images", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=8)
@@ -378,7 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--correlation", type=float, default=0.9)
     parser.add_argument("--mask-fraction", type=float, default=0.1)
     parser.add_argument("--warmup", type=float, default=0.25, help="share of the steps without the GAIN terms")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="folder for gain.md, gain.json and images/gain/")
     args = parser.parse_args(argv)
@@ -425,7 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 key: _mean_se([r[key] for r in rows]) for key in [k for k, _ in METRICS] + ["train_seconds"]
             }
         base = {r["seed"]: r for r in runs if r["variant"] == "baseline"}
-        for variant in VARIANTS[1:]:
+        for variant in COMPARED:
             rows = [r for r in runs if r["variant"] == variant]
             summary["paired_vs_baseline"][variant] = {
                 key: _mean_se([r[key] - base[r["seed"]][key] for r in rows]) for key, _ in METRICS

@@ -438,11 +438,12 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     spec.loader.exec_module(bench)
     summary = bench.main(["--quick", "--out", str(tmp_path)])
     text = (tmp_path / "gain.md").read_text()
-    for variant in ("baseline", "GAIN", "GAIN_ext"):
+    for variant in ("baseline", "GAIN", "GAIN_ext", "no_cue"):
         assert f"| {variant} |" in text
         stats = summary["summary"][variant]
         assert 0 <= stats["acc_shuffled"]["mean"] <= 1 and stats["acc_shuffled"]["se"] >= 0
     assert (tmp_path / "images" / "gain" / "maps.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "gain.json").read_text())
-    assert len(saved["runs"]) == 3 * len(saved["config"]["seeds"]) >= 6
+    assert len(saved["runs"]) == 4 * len(saved["config"]["seeds"]) >= 8
+    assert set(saved["paired_vs_baseline"]) == {"GAIN", "GAIN_ext"}
     assert "python benchmarks/gain.py --quick" in text
