@@ -194,6 +194,12 @@ export RAW="$out/raw" PYTHON PYTHONUNBUFFERED=1 CAMLIB_DISABLE_PROGRESS=1
 # camlib from this checkout in every phase after install (the install phase checks the install itself)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 exec > >(tee -a "$out/gpu_check.log") 2>&1
+tee_pid=$!
+finish() {  # the exit status; gpu_check.log complete before the script returns
+  exec >&- 2>&-
+  wait "$tee_pid" 2>/dev/null
+  exit "$1"
+}
 
 started=$(date +%s)
 deadline=$(( started + budget ))
@@ -317,6 +323,7 @@ echo
 echo "gpu_check.sh: ${total}s; written to $out: $(cd "$out" && ls | tr '\n' ' ')"
 if [[ -n "$failed" || $summary_rc != 0 ]]; then
   echo "gpu_check.sh: FAILED: ${failed:-summary}"
-  exit 1
+  finish 1
 fi
 echo "gpu_check.sh: all phases passed"
+finish 0
