@@ -36,7 +36,7 @@
   /* ------------------------------------------------------------------ summary */
   function dl(pairs) {
     var list = el("dl");
-    pairs.forEach(function (p) { if (p[1] !== null && p[1] !== undefined && p[1] !== "") { list.appendChild(el("dt", { text: p[0] })); list.appendChild(el("dd", { text: String(p[1]) })); } });
+    pairs.forEach(function (p) { if (p[1] !== null && p[1] !== undefined && p[1] !== "") { list.appendChild(el("dt", { text: p[0] })); list.appendChild(el("dd", { text: String(p[1]), "data-volatile": p[2] || null })); } });
     return list;
   }
   function drawSummary() {
@@ -49,15 +49,15 @@
       var part = el("div", { cls: "run-summary" }, [
         el("h3", { text: (R.length > 1 ? "Run " + (r + 1) + ": " : "") + run.name }),
         dl([
-          ["folder", run.path], ["method", run.method], ["model", run.model], ["weights", run.weights],
+          ["folder", run.path, "path"], ["method", run.method], ["model", run.model], ["weights", run.weights],
           ["layers", run.layers ? run.layers.join(", ") : null], ["targets", run.targets],
           ["images", run.total + " (" + run.ok + " explained, " + run.failed + " failed)"],
           ["missing files", missing || "none"],
           ["classes explained", run.classes.length],
-          ["elapsed", run.elapsed_s !== undefined && run.elapsed_s !== null ? run.elapsed_s + " s" : null],
-          ["throughput", run.images_per_s ? run.images_per_s + " images/s" + (run.world_size > 1 ? " over " + run.world_size + " processes" : "") : null],
-          ["time per image", t.cam_s !== null && t.cam_s !== undefined ? "decode " + ms(t.decode_s) + ", CAM " + ms(t.cam_s) + ", write " + ms(t.write_s) : null],
-          ["shortcut candidates", D.masks ? run.shortcut_candidates + " (more than " + pct(D.masks.threshold) + " of the energy outside the object)" : null],
+          ["elapsed", run.elapsed_s !== undefined && run.elapsed_s !== null ? run.elapsed_s + " s" : null, "time"],
+          ["throughput", run.images_per_s ? run.images_per_s + " images/s" + (run.world_size > 1 ? " over " + run.world_size + " processes" : "") : null, "time"],
+          ["time per image", t.cam_s !== null && t.cam_s !== undefined ? "decode " + ms(t.decode_s) + ", CAM " + ms(t.cam_s) + ", write " + ms(t.write_s) : null, "time"],
+          ["shortcut candidates", D.masks ? run.shortcut_candidates + " (over " + pct(D.masks.threshold) + " of the energy outside the object)" : null],
           ["camlib", run.camlib_version]
         ])
       ]);
@@ -77,7 +77,7 @@
     body.appendChild(box);
     if (D.masks) {
       var m = D.masks;
-      var p = el("p", { text: "Objects from " + (m.kind === "masks" ? "the mask folder " : "the boxes file ") + m.path + ": " + m.found + " images with one, " + m.absent + " without" + (m.unreadable.length ? ", " + m.unreadable.length + " unreadable (skipped)" : "") + ". Look-outside = share of the map's energy outside the object." });
+      var p = el("p", { "data-volatile": "path", text: "Objects from " + (m.kind === "masks" ? "the mask folder " : "the boxes file ") + m.path + ": " + m.found + " images with one, " + m.absent + " without" + (m.unreadable.length ? ", " + m.unreadable.length + " unreadable (skipped)" : "") + ". Look-outside = share of the map's energy outside the object." });
       body.appendChild(p);
       if (m.unreadable.length) {
         body.appendChild(el("details", null, [el("summary", { cls: "bad", text: "Unreadable masks (" + m.unreadable.length + ")" }),
@@ -121,6 +121,10 @@
     var runSel = $("run");
     R.forEach(function (run, r) { runSel.appendChild(el("option", { value: String(r), text: (r + 1) + ": " + run.name + (run.method ? " (" + run.method + ")" : "") })); });
     if (R.length < 2) { $("field-run").hidden = true; $("field-disagree").hidden = true; }
+    else {
+      $("legend").hidden = false;
+      $("legend").textContent = "Each card: the image, then the overlay of " + R.map(function (run, r) { return "run " + (r + 1) + " (" + run.name + (run.method ? ", " + run.method : "") + ")"; }).join(", ") + ". Filters and sorting follow the run chosen above.";
+    }
     var seen = {};
     R.forEach(function (run) { run.cols.target.forEach(function (c) { if (c !== null) seen[c] = true; }); run.cols.pred.forEach(function (c) { if (c !== null) seen[c] = true; }); });
     Object.keys(seen).map(Number).sort(function (a, b) { return a - b; }).forEach(function (c) { $("cls").appendChild(el("option", { value: String(c), text: className(c) })); });
@@ -374,7 +378,7 @@
         }
         body.appendChild(figs);
         if (entry.missing.length) body.appendChild(el("p", { cls: "bad", text: "Missing: " + entry.missing.join(", ") }));
-        body.appendChild(el("details", { open: "open" }, [el("summary", { text: "Manifest record" }), el("pre", { cls: "record", tabindex: "0", text: JSON.stringify(rec, null, 2) })]));
+        body.appendChild(el("details", { open: "open" }, [el("summary", { text: "Manifest record" }), el("pre", { cls: "record", tabindex: "0", "data-volatile": "path", "aria-label": "Manifest record of " + rel, text: JSON.stringify(rec, null, 2) })]));
       });
     });
   }
