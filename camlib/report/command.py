@@ -11,13 +11,22 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
-from camlib.report.runs import ReportError
+from camlib.report.runs import ReportError, read_label_file
 from camlib.report.site import build_report
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "add_report_arguments", "add_report_options", "report_from_args"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "add_report_arguments",
+    "add_report_options",
+    "check_report_options",
+    "report_from_args",
+]
 
 EXIT_OK = 0
 #: The report was written, but files named by the manifest are missing, or masks could not be read.
@@ -25,9 +34,17 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def add_report_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The report's options (no positional arguments): shared by ``camlib report`` and ``camlib explain --report``."""
+def add_report_options(parser: argparse.ArgumentParser, report_flag: bool = False) -> argparse.ArgumentParser:
+    """The report's options (no positional arguments): shared by ``camlib report`` and ``camlib explain --report``.
+
+    Args:
+        parser: The parser to add them to.
+        report_flag: Also add ``--report`` (for ``camlib explain``: build the report after the run).
+    """
     group = parser.add_argument_group("report")
+    if report_flag:
+        group.add_argument("--report", action="store_true", help="write an HTML report of the run to OUT/report/ "
+                           "at the end (see camlib report)")
     group.add_argument("--masks", metavar="PATH", help="object masks: a folder of mask images named like the images "
                        "(non-zero = object), or a JSON file of boxes {path: [[x0, y0, x1, y1], ...]}")
     group.add_argument("--labels", metavar="LABEL_FILE", help="true classes for correct/incorrect (default: a run "
@@ -51,6 +68,22 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return add_report_options(parser)
 
 
+def check_report_options(args: argparse.Namespace) -> None:
+    """Check the report's options before a long run, so that a typo does not wait for its end.
+
+    Raises:
+        ReportError: If ``--masks`` does not exist, ``--labels`` cannot be read, or a number is out of range.
+    """
+    if args.masks is not None and not os.path.exists(args.masks):
+        raise ReportError(f"--masks {args.masks!r} does not exist; pass a folder of mask images or a JSON file of boxes")
+    if args.labels is not None:
+        read_label_file(args.labels)
+    if not 0 <= args.border < 0.5:
+        raise ReportError(f"--border must be in [0, 0.5), got {args.border}")
+    if args.pointing_tolerance < 0:
+        raise ReportError(f"--pointing-tolerance must be >= 0, got {args.pointing_tolerance}")
+
+
 def report_from_args(args: argparse.Namespace, runs: Optional[Sequence[str]] = None, prog: str = "camlib report") -> int:
     """Build the report for parsed arguments; return the exit status.
 
@@ -64,6 +97,7 @@ def report_from_args(args: argparse.Namespace, runs: Optional[Sequence[str]] = N
         0 (written), 1 (written, but with missing files or unreadable masks), 2 (bad arguments or run folders: nothing written).
     """
     try:
+        check_report_options(args)
         result = build_report(
             list(runs if runs is not None else args.runs),
             dest=args.report_dir,

@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import zipfile
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional
@@ -31,7 +33,7 @@ from typing import Any, Dict, Mapping, Optional
 import cv2
 import numpy as np
 
-__all__ = ["ClassMeans", "HeatmapReader", "map_stats", "preview"]
+__all__ = ["ClassMeans", "HeatmapReader", "map_stats", "npy_from_bytes", "preview"]
 
 
 def map_stats(cam: np.ndarray, region: Optional[np.ndarray] = None, border: float = 0.1, tolerance: int = 0) -> Dict[str, Any]:
@@ -82,6 +84,35 @@ def preview(cam: np.ndarray, size: int) -> np.ndarray:
     return np.clip(small, 0.0, 1.0)
 
 
+_HEADER = re.compile(
+    r"""^\{\s*'descr':\s*'([<>|=]?[fiu]\d+)',\s*'fortran_order':\s*False,\s*'shape':\s*\(([\d,\s]*)\),?\s*\}\s*$"""
+)
+
+
+def npy_from_bytes(data: bytes) -> np.ndarray:
+    """The array of a ``.npy`` file's bytes (a fast path for plain numeric arrays; no pickles).
+
+    Example:
+        >>> import io
+        >>> buffer = io.BytesIO(); np.save(buffer, np.eye(2, dtype=np.float16))
+        >>> npy_from_bytes(buffer.getvalue()).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    if data[:6] == b"\x93NUMPY" and len(data) > 10:
+        major = data[6]
+        size_bytes = 2 if major == 1 else 4
+        length = int.from_bytes(data[8:8 + size_bytes], "little")
+        start = 8 + size_bytes
+        match = _HEADER.match(data[start:start + length].decode("latin1"))
+        if match:
+            shape = tuple(int(v) for v in match.group(2).replace(",", " ").split())
+            dtype = np.dtype(match.group(1))
+            count = int(np.prod(shape)) if shape else 1
+            if len(data) - start - length == count * dtype.itemsize:
+                return np.frombuffer(data, dtype, count=count, offset=start + length).reshape(shape)
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
 class HeatmapReader:
     """Reads the heatmaps a manifest names: ``.npy`` files or keys of ``.npz`` shards.
 
@@ -104,11 +135,12 @@ class HeatmapReader:
             OSError: If the file is missing or unreadable; ValueError for a malformed entry.
         """
         if isinstance(heatmap, str):
-            array = np.load(os.path.join(self.out_dir, heatmap), allow_pickle=False)
+            with open(os.path.join(self.out_dir, heatmap), "rb") as handle:
+                array = npy_from_bytes(handle.read())
         elif isinstance(heatmap, Mapping) and isinstance(heatmap.get("file"), str) and isinstance(heatmap.get("key"), str):
             archive = self._archive(heatmap["file"])
             try:
-                array = archive[heatmap["key"]]
+                array = npy_from_bytes(archive.read(heatmap["key"] + ".npy"))
             except KeyError:
                 raise OSError(f"{heatmap['file']} has no map {heatmap['key']!r}") from None
         else:
@@ -125,7 +157,7 @@ class HeatmapReader:
             self._open.move_to_end(file)
             return self._open[file]
         try:
-            archive = np.load(os.path.join(self.out_dir, file), allow_pickle=False)
+            archive = zipfile.ZipFile(os.path.join(self.out_dir, file))
         except zipfile.BadZipFile as err:
             raise OSError(f"{file}: {err}") from err
         self._open[file] = archive
