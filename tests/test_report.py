@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from camlib.cli import main
 from camlib.cli.explain import run_explain
 from camlib.demo import make_image
 from camlib.report import ReportError, build_report
@@ -244,6 +245,32 @@ def test_missing_files_and_unreadable_masks_are_listed_not_fatal(runs, tmp_path)
     assert cols["inside"][2] is None and cols["border"][2] is not None  # skipped for the mask statistics only
     args = parser.parse_args([str(tmp_path / "nope")])
     assert report_from_args(args) == 2
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_camlib_report_and_explain_report_on_the_command_line(runs, tmp_path, capsys):
+    dest = tmp_path / "r"
+    assert main(["report", str(runs / "gradcam"), str(runs / "hirescam"), "--masks", str(runs / "masks"),
+                 "--report-dir", str(dest)]) == 0  # fmt: skip
+    assert f"{IMAGES} images" in capsys.readouterr().out and len(read_data(dest)["runs"]) == 2
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    mixed = _write(tmp_path / "mixed", [{"rel": "a.png", "status": "ok", "method": "gradcam"},
+                                        {"rel": "b.png", "status": "ok", "method": "fem"}])  # fmt: skip
+    assert main(["report", str(mixed)]) == 2
+    assert "--allow-mixed" in capsys.readouterr().err
+    assert main(["report", str(mixed), "--allow-mixed", "-q"]) == 0
+    common = ["--device", "cpu", "--num-workers", "0", "--batch-size", "4", "--no-progress", "-q", "--threads", "1"]
+    # a report option that cannot work is refused before the run, not after it
+    out = tmp_path / "cams"
+    assert main(["explain", str(runs / "data"), "--out", str(out), "--report", "--masks", str(tmp_path / "nope"), *common]) == 2
+    assert "--masks" in capsys.readouterr().err and not out.exists()
+    assert main(["explain", str(runs / "data"), "--out", str(out), "--report", "--labels", str(runs / "labels.json"), *common]) == 0
+    data = read_data(out / "report")
+    assert data["runs"][0]["ok"] == IMAGES and data["runs"][0]["has_truth"]
+    assert str(out / "report" / "index.html") in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- in Chromium

@@ -4,7 +4,8 @@ Subcommands:
 
 * ``camlib explain``: class activation maps for a whole data set, in batches,
   resumable, sharded across processes and machines with ``torchrun``
-  (:mod:`camlib.cli.explain`; ``docs/explain.md``).
+  (:mod:`camlib.cli.explain`; ``docs/explain.md``); ``--report`` adds an HTML page;
+* ``camlib report``: that page for one or several runs (:mod:`camlib.report`).
 
 Example:
     >>> main(["explain", "--help"])  # doctest: +ELLIPSIS
@@ -16,10 +17,18 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
 from camlib.cli.explain import add_explain_arguments, run_explain, run_from_args
+from camlib.report.command import (
+    add_report_arguments,
+    add_report_options,
+    check_report_options,
+    report_from_args,
+)
+from camlib.report.runs import ReportError
 
 __all__ = ["build_parser", "main", "run_explain"]
 
@@ -46,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         "See docs/explain.md.",
     )
     add_explain_arguments(explain)
+    add_report_options(explain, report_flag=True)
+    report = commands.add_parser(
+        "report",
+        help="an HTML page to review one or several camlib explain runs",
+        description="Write OUT_DIR/report/index.html: a static page (no server, no network) with the run's "
+        "summary, classes, a grid of images and overlays to sort and filter, and a detail view, built from "
+        "manifest.jsonl and the saved heatmaps. Several run folders are shown side by side. Exit status: 0 "
+        "written, 1 written but files or masks are missing, 2 bad arguments.",
+        epilog="Example: camlib report cams/ --masks masks/ --labels val_labels.csv. See docs/explain.md.",
+    )
+    add_report_arguments(report)
     return parser
 
 
@@ -63,4 +83,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return run_from_args(args, prog=f"{parser.prog} {args.command}")
+    prog = f"{parser.prog} {args.command}"
+    if args.command == "report":
+        return report_from_args(args, prog=prog)
+    if args.report:  # check the report's options now rather than after a long run
+        try:
+            check_report_options(args)
+        except ReportError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 2
+    status = run_from_args(args, prog=prog)
+    if args.report and status in (0, 1) and int(os.environ.get("RANK", "0") or 0) == 0:
+        status = max(status, report_from_args(args, runs=[args.out], prog=prog))
+    return status

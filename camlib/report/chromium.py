@@ -52,7 +52,8 @@ class Chromium:
 
     Args:
         executable: The browser (default: :func:`find_chromium`).
-        width, height: The window (and screenshot) size in CSS pixels.
+        width: The window's (and screenshots') width in CSS pixels.
+        height: Their height.
         timeout: Seconds to wait for any answer.
 
     Raises:

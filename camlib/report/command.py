@@ -90,7 +90,8 @@ def report_from_args(args: argparse.Namespace, runs: Optional[Sequence[str]] = N
     Args:
         args: Parsed :func:`add_report_options` arguments (with ``runs``
             unless ``runs`` is given).
-        runs: The run folders (``camlib explain --report`` passes its ``--out``).
+        runs: The run folders (``camlib explain --report`` passes its ``--out``;
+            then the report's line is printed even with ``-q``, with the run's summary).
         prog: The program name for messages.
 
     Returns:
@@ -111,7 +112,7 @@ def report_from_args(args: argparse.Namespace, runs: Optional[Sequence[str]] = N
     except (ReportError, OSError) as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE
-    if not getattr(args, "quiet", False):
+    if not getattr(args, "quiet", False) or runs is not None:  # after explain: part of its final summary
         extra = []
         if result.failed:
             extra.append(f"{result.failed} failed image(s)")
