@@ -79,7 +79,8 @@ def test_map_stats_by_hand():
     assert s["peak"] == [0.55, 0.55]
     cam[0, 0] = 5.0  # the peak moves outside: a miss, unless the object grows enough
     assert map_stats(cam, region)["hit"] is False
-    assert map_stats(cam, region, tolerance=4)["hit"] is True
+    assert map_stats(cam, region, tolerance=5)["hit"] is False  # (0, 0) is sqrt(32) = 5.66 pixels from (4, 4)
+    assert map_stats(cam, region, tolerance=6)["hit"] is True
     assert map_stats(np.ones((10, 10)))["border"] == 0.36  # a uniform map: the band's area share
     assert map_stats(np.zeros((4, 4)))["border"] is None  # a blank map has no statistics
 

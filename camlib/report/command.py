@@ -54,7 +54,8 @@ def add_report_options(parser: argparse.ArgumentParser, report_flag: bool = Fals
     group.add_argument("--border", type=float, default=0.1, help="border band for the border share, as a fraction "
                        "of each side (default 0.1)")
     group.add_argument("--pointing-tolerance", type=int, default=0, metavar="PIXELS",
-                       help="grow objects by this many map pixels for the pointing game (default 0)")
+                       help="pointing game: a hit when the map's maximum lies within this many map pixels of "
+                       "the object (default 0: on it)")
     group.add_argument("--shortcut-threshold", type=float, default=0.5, help="with masks, a shortcut candidate "
                        "has more than this share of its map's energy outside the object (default 0.5)")
     return parser

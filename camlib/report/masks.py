@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from camlib.metrics.pointing_game import boxes_to_masks
 from camlib.report.runs import ReportError
 
 __all__ = ["MaskSource", "boxes_to_mask"]
@@ -37,6 +38,9 @@ _EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".gif"
 def boxes_to_mask(boxes: Sequence[Sequence[float]], image_size: Optional[Sequence[int]], map_size: Sequence[int]) -> np.ndarray:
     """The union of ``boxes`` (image pixels, ``[x0, y0, x1, y1]``) as a bool mask of ``map_size`` (H, W).
 
+    The boxes are scaled to the map, grown to whole map pixels, and rasterised
+    by :func:`camlib.metrics.boxes_to_masks`.
+
     Args:
         boxes: The boxes, in pixels of an image of ``image_size``.
         image_size: The image's ``(H, W)``; None when the boxes are already in map pixels.
@@ -45,14 +49,12 @@ def boxes_to_mask(boxes: Sequence[Sequence[float]], image_size: Optional[Sequenc
     height, width = int(map_size[0]), int(map_size[1])
     sy = height / float(image_size[0]) if image_size else 1.0
     sx = width / float(image_size[1]) if image_size else 1.0
-    mask = np.zeros((height, width), bool)
-    for box in boxes:
-        x0, y0, x1, y1 = (float(v) for v in box[:4])
-        c0, r0 = max(0, int(np.floor(x0 * sx))), max(0, int(np.floor(y0 * sy)))
-        c1, r1 = min(width, int(np.ceil(x1 * sx))), min(height, int(np.ceil(y1 * sy)))
-        if c1 > c0 and r1 > r0:
-            mask[r0:r1, c0:c1] = True
-    return mask
+    scaled = np.array([[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in boxes], np.float64).reshape(-1, 4)
+    if not len(scaled):
+        return np.zeros((height, width), bool)
+    # every map pixel a box touches belongs to it (a box thinner than a map pixel does not vanish)
+    scaled[:, :2], scaled[:, 2:] = np.floor(scaled[:, :2]), np.ceil(scaled[:, 2:])
+    return boxes_to_masks([scaled], (height, width))[0].numpy()
 
 
 def _box(value: Any, where: str) -> List[float]:

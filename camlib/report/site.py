@@ -173,7 +173,8 @@ def build_report(
             ``--targets LABEL_FILE`` uses its own labels).
         allow_mixed: Accept a manifest holding records of several runs.
         border: Width of the border band for the border share, as a fraction.
-        tolerance: Pixels by which objects grow for the pointing game.
+        tolerance: Pointing game: a hit when the map's maximum lies within
+            this many map pixels of the object.
         shortcut_threshold: With masks, an image whose map has more than this
             share of its energy outside the object is a shortcut candidate.
         preview_size: Side of the map previews in the detail view and of the

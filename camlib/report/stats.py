@@ -7,8 +7,9 @@ For a map :math:`M \\ge 0` of shape ``[H, W]`` with total energy
   outer ``border`` fraction of the height and width on each side (10% by
   default: 36% of the pixels, so a uniform map scores 0.36);
 * with an object region :math:`R` (a mask or boxes): **energy inside**
-  :math:`\\sum_R M / E`, and the **pointing-game hit**: whether the map's
-  maximum lies in :math:`R` (grown by ``tolerance`` pixels);
+  :math:`\\sum_R M / E` (:class:`camlib.metrics.EnergyPointingGame`), and the
+  **pointing-game hit**: whether the map's maximum lies within ``tolerance``
+  pixels of :math:`R` (:class:`camlib.metrics.PointingGame`);
 * the **look-outside score**: ``1 - energy inside`` with a region, else the
   border share; high values are the cases to look at first.
 
@@ -33,6 +34,8 @@ from typing import Any, Dict, Mapping, Optional
 import cv2
 import numpy as np
 
+from camlib.metrics.pointing_game import EnergyPointingGame, PointingGame
+
 __all__ = ["ClassMeans", "HeatmapReader", "map_stats", "npy_from_bytes", "preview"]
 
 
@@ -43,7 +46,7 @@ def map_stats(cam: np.ndarray, region: Optional[np.ndarray] = None, border: floa
         cam: The map, ``[H, W]``, non-negative.
         region: The object, bool ``[H, W]``, or None.
         border: Width of the border band, as a fraction of the height and width.
-        tolerance: Pixels by which the region is grown for the pointing game.
+        tolerance: Distance in map pixels within which the maximum still hits the region.
 
     Returns:
         ``{"border", "inside", "hit", "outside", "peak"}``: floats rounded to 4
@@ -64,13 +67,9 @@ def map_stats(cam: np.ndarray, region: Optional[np.ndarray] = None, border: floa
     py, px = divmod(peak, width)
     out["peak"] = [round((py + 0.5) / height, 4), round((px + 0.5) / width, 4)]
     if region is not None:
-        region = np.asarray(region, bool)
-        out["inside"] = round(float(cam[region].sum(dtype=np.float64)) / total, 4)
-        if tolerance > 0:
-            grown = cv2.dilate(region.astype(np.uint8), np.ones((2 * tolerance + 1, 2 * tolerance + 1), np.uint8))
-            out["hit"] = bool(grown[py, px])
-        else:
-            out["hit"] = bool(region[py, px])
+        maps, regions = cam[None], np.asarray(region, bool)[None]
+        out["inside"] = round(float(EnergyPointingGame()(maps, regions)[0]), 4)
+        out["hit"] = bool(PointingGame(tolerance=tolerance)(maps, regions)[0] > 0)
         out["outside"] = round(1.0 - out["inside"], 4)
     else:
         out["outside"] = out["border"]

@@ -370,7 +370,7 @@
           var st = entry.stats[k];
           var caption = what + (st ? "; look-outside " + pct(st.outside) + (st.inside !== null ? ", inside " + pct(st.inside) + (st.hit ? ", pointing hit" : ", pointing miss") : "") + ", border " + pct(st.border) : "");
           if (entry.maps[k]) figs.appendChild(figure(mapCanvas(entry.maps[k], "Heatmap for " + what), "heatmap: " + caption));
-          else if (rec.status === "ok") figs.appendChild(figure(el("span", { cls: "missing thumb", text: "heatmap missing" + (entry.heatmap_error ? ": " + entry.heatmap_error : "") }), "heatmap: " + what));
+          else if (rec.status === "ok" && rec.heatmap) figs.appendChild(figure(el("span", { cls: "missing thumb", text: "heatmap missing" + (entry.heatmap_error ? ": " + entry.heatmap_error : "") }), "heatmap: " + what));
           if (overlays[k]) {
             var gone = entry.missing.indexOf(overlays[k]) >= 0;
             figs.appendChild(figure(image(gone ? null : runFile(r, overlays[k]), "CAM overlay for " + what + " on " + rel, "overlay missing: " + overlays[k]), "overlay: " + what));
