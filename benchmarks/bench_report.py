@@ -54,7 +54,8 @@ def synthetic_run(out: Path, records: int, map_size: int, classes: int = 100, se
     rng = np.random.default_rng(seed)
     pool = out.parent / "pool"
     pool.mkdir(parents=True, exist_ok=True)
-    for k in range(64):
+    pool_size = min(64, records)
+    for k in range(pool_size):
         rgb = np.uint8(np.rint(make_image(k, 128)[0][..., ::-1] * 255))
         cv2.imwrite(str(pool / f"{k}.png"), rgb)
         cam = cv2.GaussianBlur(np.float32(rng.random((128, 128)) > 0.995), (0, 0), 12)
@@ -72,7 +73,7 @@ def synthetic_run(out: Path, records: int, map_size: int, classes: int = 100, se
         for ext, base in ((".png", out.parent / "images"), (".jpg", out / "overlays")):
             target = base / f"{stem}{ext}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(pool / f"{i % 64}{ext}", target)
+            os.link(pool / f"{i % pool_size}{ext}", target)
         unit = i // 1024
         if i % 1024 == 0 and shard:
             np.savez(out / "heatmaps" / f"shard-{unit - 1:06d}.npz", **shard)
@@ -107,6 +108,7 @@ def measure_page(browser: Chromium, index: str) -> Dict[str, float]:
     browser.navigate(Path(index).as_uri(), ready="document.body.dataset.ready === '1'")
     load_ms = (time.perf_counter() - started) * 1000
     first = browser.evaluate("window.camlibReportFirstRender")
+    cards = browser.evaluate("document.querySelectorAll('#grid .card').length")
     browser.wait_for("[...document.querySelectorAll('#grid img')].slice(0, 8).every(i => i.complete && i.naturalWidth > 0)")
     thumbs = browser.evaluate("performance.now()")
     sort = browser.evaluate(
@@ -117,7 +119,6 @@ def measure_page(browser: Chromium, index: str) -> Dict[str, float]:
         "(() => { const t = performance.now(); const s = document.getElementById('cls'); s.value = '7'; "
         "s.dispatchEvent(new Event('change', {bubbles: true})); return performance.now() - t; })()"
     )
-    cards = browser.evaluate("document.querySelectorAll('#grid .card').length")
     if browser.console:
         raise RuntimeError(f"console errors: {browser.console[:3]}")
     return {"first_render_ms": first, "ready_wall_ms": load_ms, "thumbnails_ms": thumbs, "sort_ms": sort,

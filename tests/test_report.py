@@ -421,3 +421,18 @@ def test_many_images_pages_and_missing_files_in_chromium(tmp_path, browser):
     assert count(browser) == 12
     assert "Failures (1)" in browser.evaluate("document.getElementById('summary').textContent")
     assert browser.console == []
+
+
+def test_benchmark_script_runs_small(tmp_path, capsys):
+    """benchmarks/bench_report.py end to end on 60 records (the page timings only where Chromium is installed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "bench_report.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--records", "60", "--rounds", "1", "--map-size", "16", "--json", str(out), "--workdir", str(tmp_path)]) == 0
+    results = json.loads(out.read_text())
+    assert results["records"] == 60 and results["medians"]["build_s"] > 0
+    if CHROMIUM:
+        assert results["medians"]["cards"] == 60 and results["medians"]["first_render_ms"] > 0

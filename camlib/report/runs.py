@@ -101,8 +101,19 @@ def _read_json(path: str, notes: List[str]) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
 def _describe(key: Tuple) -> str:
-    return ", ".join(f"{name}={value}" for name, value in key if value is not None) or "(no method recorded)"
+    def show(value: Any) -> str:
+        return json.dumps(list(value)) if isinstance(value, tuple) else str(value)
+
+    return ", ".join(f"{name}={show(value)}" for name, value in key if value is not None) or "(no method recorded)"
 
 
 def mixed_groups(records: Sequence[Mapping]) -> Dict[str, int]:
@@ -116,8 +127,7 @@ def mixed_groups(records: Sequence[Mapping]) -> Dict[str, int]:
     for record in records:
         if record.get("status") != "ok":
             continue
-        key = tuple((name, json.dumps(record.get(name)) if isinstance(record.get(name), list) else record.get(name))
-                    for name in IDENTITY_KEYS)
+        key = tuple((name, _hashable(record.get(name))) for name in IDENTITY_KEYS)
         counts[key] += 1
     return {_describe(key): n for key, n in counts.items()}
 

@@ -237,6 +237,18 @@ def build_report(
             hit = exists_cache[path] = os.path.exists(path)
         return hit
 
+    bases: Dict[str, str] = {}
+
+    def relative(image: str, rel: str) -> str:
+        """``image`` relative to the report (one ``relpath`` per input folder, not per image)."""
+        suffix = "/" + rel
+        if os.sep == "/" and image.endswith(suffix):
+            base = image[: -len(suffix)]
+            if base not in bases:
+                bases[base] = os.path.relpath(base or "/", dest).replace(os.sep, "/")
+            return f"{bases[base]}{suffix}"
+        return os.path.relpath(image, dest).replace(os.sep, "/")
+
     runs_data = []
     for r_index, run in enumerate(loaded):
         notes.extend(f"{run.name}: {note}" for note in run.notes)
@@ -255,7 +267,7 @@ def build_report(
                 rel = record["rel"]
                 image = record.get("image")
                 if image_paths[i] is None and isinstance(image, str):
-                    image_paths[i] = os.path.relpath(image, dest).replace(os.sep, "/")
+                    image_paths[i] = relative(image, rel)
                     image_missing[i] = not exists(image)
                 ok = record.get("status") == "ok"
                 cols["status"][i] = 1 if ok else 0
