@@ -180,6 +180,32 @@ def test_npz_shards_and_a_run_with_its_own_labels(tmp_path):
     assert {row["cls"]: row["count"] for row in data["runs"][0]["classes"]} == {1: 2, 2: 3, 3: 1}
 
 
+def test_heatmap_reader_reads_npy_and_every_kind_of_npz(tmp_path):
+    from camlib.cli.outputs import npy_bytes, npz_bytes
+    from camlib.report.stats import HeatmapReader
+
+    maps = {"x/1.png": np.random.default_rng(0).random((3, 5, 7)).astype(np.float16),
+            "y/2.png": np.random.default_rng(1).random((4, 4)).astype(np.float16)}  # fmt: skip
+    (tmp_path / "camlib.npz").write_bytes(npz_bytes(maps))  # what camlib explain writes
+    np.savez(tmp_path / "plain.npz", **maps)
+    np.savez_compressed(tmp_path / "compressed.npz", **maps)
+    (tmp_path / "one.npy").write_bytes(npy_bytes(maps["x/1.png"]))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(maps["x/1.png"]))
+    reader = HeatmapReader(str(tmp_path))
+    for file in ("camlib.npz", "plain.npz", "compressed.npz"):
+        for key, value in maps.items():
+            got = reader.read({"file": file, "key": key})
+            assert np.array_equal(got.reshape(value.shape), value.astype(np.float32)), (file, key)
+    for file in ("one.npy", "fortran.npy"):
+        assert np.array_equal(reader.read(file), maps["x/1.png"].astype(np.float32))
+    with pytest.raises(OSError, match="no map"):
+        reader.read({"file": "camlib.npz", "key": "nope"})
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(OSError, match=r"broken\.npz"):
+        reader.read({"file": "broken.npz", "key": "x"})
+    reader.close()
+
+
 # --------------------------------------------------------------------------- bad input
 
 

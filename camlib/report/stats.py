@@ -78,9 +78,9 @@ def map_stats(cam: np.ndarray, region: Optional[np.ndarray] = None, border: floa
 
 def preview(cam: np.ndarray, size: int) -> np.ndarray:
     """The map shrunk to ``size x size`` (area averaging), float32 in [0, 1]."""
-    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    cam = np.asarray(cam, dtype=np.float32)
     small = cv2.resize(cam, (size, size), interpolation=cv2.INTER_AREA) if cam.shape != (size, size) else cam
-    return np.clip(small, 0.0, 1.0)
+    return np.clip(np.nan_to_num(small, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
 
 
 _HEADER = re.compile(
@@ -137,11 +137,16 @@ class HeatmapReader:
             with open(os.path.join(self.out_dir, heatmap), "rb") as handle:
                 array = npy_from_bytes(handle.read())
         elif isinstance(heatmap, Mapping) and isinstance(heatmap.get("file"), str) and isinstance(heatmap.get("key"), str):
-            archive = self._archive(heatmap["file"])
-            try:
-                array = npy_from_bytes(archive.read(heatmap["key"] + ".npy"))
-            except KeyError:
-                raise OSError(f"{heatmap['file']} has no map {heatmap['key']!r}") from None
+            data, members, archive = self._archive(heatmap["file"])
+            name = heatmap["key"] + ".npy"
+            if name in members:
+                start, length = members[name]
+                array = npy_from_bytes(data[start:start + length])
+            else:
+                try:
+                    array = npy_from_bytes(archive.read(name))
+                except KeyError:
+                    raise OSError(f"{heatmap['file']} has no map {heatmap['key']!r}") from None
         else:
             raise ValueError(f"heatmap entry {heatmap!r} is neither a path nor {{'file': ..., 'key': ...}}")
         array = np.asarray(array, dtype=np.float32)
@@ -156,20 +161,30 @@ class HeatmapReader:
             self._open.move_to_end(file)
             return self._open[file]
         try:
-            archive = zipfile.ZipFile(os.path.join(self.out_dir, file))
+            with open(os.path.join(self.out_dir, file), "rb") as handle:
+                data = handle.read()
+            archive = zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile as err:
             raise OSError(f"{file}: {err}") from err
-        self._open[file] = archive
+        # uncompressed members are sliced straight out of the file's bytes (camlib explain stores them so)
+        members = {}
+        for info in archive.infolist():
+            at = info.header_offset
+            if info.compress_type == zipfile.ZIP_STORED and data[at:at + 4] == b"PK\x03\x04":
+                start = at + 30 + int.from_bytes(data[at + 26:at + 28], "little") + int.from_bytes(data[at + 28:at + 30], "little")
+                members[info.filename] = (start, info.file_size)
+        entry = (data, members, archive)
+        self._open[file] = entry
         while len(self._open) > self.keep:
             _, old = self._open.popitem(last=False)
-            old.close()
-        return archive
+            old[2].close()
+        return entry
 
     def close(self) -> None:
         """Close the open shards."""
         while self._open:
             _, old = self._open.popitem()
-            old.close()
+            old[2].close()
 
 
 class ClassMeans:
