@@ -68,6 +68,15 @@ def runs(tmp_path_factory):
 # --------------------------------------------------------------------------- numbers
 
 
+def test_public_names():
+    import camlib.report
+    import camlib.report.command
+
+    assert set(camlib.report.__all__) == {"ReportError", "ReportResult", "build_report"}
+    assert {"add_report_arguments", "add_report_options", "report_from_args"} <= set(camlib.report.command.__all__)
+    assert issubclass(ReportError, ValueError)
+
+
 def test_map_stats_by_hand():
     cam = np.zeros((10, 10), np.float32)
     cam[0, 0] = 1.0  # in the border band
