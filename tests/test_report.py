@@ -440,12 +440,18 @@ def test_many_images_pages_and_missing_files_in_chromium(tmp_path, browser):
                 "method": "gradcam", "overlays": [f"overlays/{i:03d}.jpg"]} for i in range(130)]  # fmt: skip
     records[5] = {"index": 5, "image": "/nowhere/005.png", "rel": "005.png", "status": "error", "stage": "read",
                   "error": "cannot identify image file"}  # fmt: skip
+    odd = tmp_path / "images" / "a b#1 %é.png"  # a name that needs URL escaping
+    odd.parent.mkdir()
+    assert cv2.imwrite(str(odd), np.full((8, 8, 3), 200, np.uint8))
+    records[0]["image"] = str(odd)
     out = _write(tmp_path / "run", records)
     result = build_report(out)
-    assert result.missing_files == 130 + 129 and result.failed == 1  # every image, every overlay
+    assert result.missing_files == 129 + 129 and result.failed == 1  # every other image, every overlay
     open_page(browser, str(out / "report" / "index.html"))
     assert count(browser) == 60
-    assert browser.evaluate("document.querySelectorAll('#grid .missing').length") == 120
+    assert browser.evaluate("document.querySelectorAll('#grid .missing').length") == 119
+    browser.wait_for("(i => i.complete && i.naturalWidth === 8)(document.querySelector('#grid img'))")
+    assert "000.png" in browser.evaluate("document.querySelector('#grid .card button').getAttribute('aria-label')")
     assert "of 3" in browser.evaluate("document.querySelector('.pager').textContent")
     browser.evaluate("document.querySelector('.pager button:last-child').click()")
     assert browser.evaluate("document.querySelector('#grid .card button').dataset.position") == "60"

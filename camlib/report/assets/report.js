@@ -251,7 +251,8 @@
       if (cols.missing[i] && cols.missing[i].length) lines.push(el("span", { cls: "line bad", text: prefix + "missing: " + cols.missing[i].join(", ") }));
       if (cols.method[i]) lines.push(el("span", { cls: "line warning", text: prefix + "method " + cols.method[i] }));
     });
-    var button = el("button", { type: "button", "data-index": String(i), "data-position": String(position), "aria-label": "Open the details of " + rel }, [el("span", { cls: "thumbs" }, thumbs), el("span", { cls: "meta" }, lines)]);
+    var label = lines.map(function (line) { return line.textContent; }).join("; ") + ". Enter opens the details.";
+    var button = el("button", { type: "button", "data-index": String(i), "data-position": String(position), "aria-label": label }, [el("span", { cls: "thumbs" }, thumbs), el("span", { cls: "meta" }, lines)]);
     return el("li", { cls: "card" }, [button]);
   }
 
