@@ -40,10 +40,10 @@ from typing import Any, Callable, ClassVar, List, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from camlib.metrics._scoring import ScoreFn, resolve_score_fn, scoring_model
 from camlib.metrics.perturbation_confidence import _check_batch_size, _check_metric_inputs, _to_numpy
+from camlib.utils import image
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.model_state import eval_mode
 
@@ -77,42 +77,9 @@ class CurveResult(NamedTuple):
 def gaussian_blur(
     x: torch.Tensor, sigma: float = RISE_BLUR_SIGMA, kernel_size: int = RISE_BLUR_KERNEL_SIZE
 ) -> torch.Tensor:
-    """Blur ``[B, C, *S]`` images with a separable Gaussian over every spatial dimension.
-
-    Args:
-        x: images (any number of spatial dimensions), on any device.
-        sigma: standard deviation in pixels.
-        kernel_size: odd number of taps; the kernel is normalised to sum to 1.
-
-    Returns:
-        Blurred images of the same shape, dtype and device; borders are padded
-        by repeating the edge pixels.
-
-    Example:
-        >>> import torch
-        >>> x = torch.zeros(1, 1, 1, 5)
-        >>> x[..., 2] = 1.0
-        >>> gaussian_blur(x, sigma=1.0, kernel_size=3).squeeze()
-        tensor([0.0000, 0.2741, 0.4519, 0.2741, 0.0000])
-    """
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral) or kernel_size < 1:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd (a centred kernel), got {kernel_size}")
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0:
-        raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
-    offsets = torch.arange(kernel_size, dtype=torch.float64) - kernel_size // 2
-    kernel = torch.exp(-(offsets**2) / (2.0 * float(sigma) ** 2))
-    kernel = (kernel / kernel.sum()).to(device=x.device, dtype=x.dtype).view(1, 1, -1)
-    half = kernel_size // 2
-    out = x
-    for dim in range(2, x.ndim):
-        moved = out.movedim(dim, -1)
-        shape = moved.shape
-        line = moved.reshape(-1, 1, shape[-1])
-        line = F.conv1d(F.pad(line, (half, half), mode="replicate"), kernel)
-        out = line.reshape(shape).movedim(-1, dim)
-    return out
+    """RISE's blur substrate: :func:`camlib.utils.image.gaussian_blur` of ``[B, C, *S]`` images
+    over every spatial dimension, edges repeated, with RISE's defaults (sigma 5, 11 taps)."""
+    return image.gaussian_blur(x, sigma, kernel_size)
 
 
 def blur_substrate(

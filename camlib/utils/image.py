@@ -7,6 +7,7 @@ so the CAM pipeline can stay on the model's device until its very end.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -24,6 +25,8 @@ from camlib.utils._display import (
 __all__ = [
     "create_labels_legend",
     "deprocess_image",
+    "gaussian_blur",
+    "linear_resize_matrix",
     "preprocess_image",
     "scale_accross_batch_and_channels",
     "scale_across_batch_and_channels",
@@ -113,3 +116,77 @@ def scale_accross_batch_and_channels(tensor: ArrayOrTensor, target_size: Sequenc
 
 
 scale_across_batch_and_channels = scale_accross_batch_and_channels
+
+
+def _border_indices(size: int, pad: int, border: str, device: torch.device) -> torch.Tensor:
+    """Indices ``-pad .. size + pad - 1`` mapped into ``[0, size)``: edges repeated
+    (``"replicate"``) or mirrored without repeating the edge (``"reflect"``, OpenCV's
+    default ``BORDER_REFLECT_101``)."""
+    index = torch.arange(-pad, size + pad, device=device)
+    if border == "replicate" or size == 1:
+        return index.clamp(0, size - 1)
+    period = 2 * (size - 1)
+    index = index.abs() % period
+    return torch.where(index >= size, period - index, index)
+
+
+def gaussian_blur(
+    x: torch.Tensor, sigma: float, kernel_size: int, *, dims: Optional[Sequence[int]] = None, border: str = "replicate"
+) -> torch.Tensor:
+    """Separable Gaussian blur over some dimensions of a tensor, on its device.
+
+    Args:
+        x: a tensor, e.g. images ``[B, C, *S]`` or maps ``[B, H, W]``.
+        sigma: standard deviation in pixels.
+        kernel_size: odd number of taps; the kernel is normalised to sum to 1.
+        dims: the dimensions blurred (default: every dimension after the first two).
+        border: ``"replicate"`` (repeat the edge pixels) or ``"reflect"``
+            (mirror without repeating the edge, as ``cv2.GaussianBlur``).
+
+    Returns:
+        The blurred tensor, same shape, dtype and device.
+
+    Example:
+        >>> import torch
+        >>> x = torch.zeros(1, 1, 1, 5)
+        >>> x[..., 2] = 1.0
+        >>> gaussian_blur(x, sigma=1.0, kernel_size=3).squeeze()
+        tensor([0.0000, 0.2741, 0.4519, 0.2741, 0.0000])
+    """
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, numbers.Integral) or kernel_size < 1:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd (a centred kernel), got {kernel_size}")
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+    if border not in ("replicate", "reflect"):
+        raise ValueError(f"border must be 'replicate' or 'reflect', got {border!r}")
+    half = int(kernel_size) // 2
+    offsets = torch.arange(kernel_size, dtype=torch.float64) - half
+    kernel = torch.exp(-(offsets**2) / (2.0 * float(sigma) ** 2))
+    kernel = (kernel / kernel.sum()).to(device=x.device, dtype=x.dtype)
+    out = x
+    for dim in range(2, x.ndim) if dims is None else dims:
+        moved = out.movedim(dim, -1)
+        padded = moved[..., _border_indices(moved.shape[-1], half, border, x.device)]
+        out = (padded.unfold(-1, int(kernel_size), 1) @ kernel).movedim(-1, dim)
+    return out
+
+
+def linear_resize_matrix(in_size: int, out_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """``[out, in]`` matrix of 1-D linear resizing with half-pixel centres.
+
+    Row ``i`` samples the input at ``(i + 0.5) * in / out - 0.5`` (clamped at the
+    borders), the sampling of ``cv2.resize(..., INTER_LINEAR)`` and of
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``; ``M @ x`` resizes
+    the last-but-one dimension of ``x``, ``x @ M.T`` the last.
+    """
+    src = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+    low = src.floor().long().clamp_max(in_size - 1)
+    high = (low + 1).clamp_max(in_size - 1)
+    frac = src - low
+    rows = torch.arange(out_size)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    matrix.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    matrix.index_put_((rows, high), frac, accumulate=True)
+    return matrix.float().to(device)

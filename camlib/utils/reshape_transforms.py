@@ -27,6 +27,7 @@ __all__ = [
     "fasterrcnn_reshape_transform",
     "feature_pyramid_to_map",
     "infer_reshape_transform",
+    "is_feature_pyramid",
     "num_prefix_tokens",
     "swinT_reshape_transform",
     "tokens_to_grid",
@@ -80,7 +81,7 @@ def feature_pyramid_to_map(x: Mapping) -> torch.Tensor:
     return torch.cat(maps, dim=1)
 
 
-def _is_feature_pyramid(x: object, spatial: int) -> bool:
+def is_feature_pyramid(x: object, spatial: int) -> bool:
     """Whether ``x`` is a non-empty dict of floating-point ``[B, C, *S]`` maps with ``spatial`` dims."""
     return (
         isinstance(x, Mapping)

@@ -1,0 +1,146 @@
+"""CAMWrapper: the one base of methods built on another method (FinerCAM, RefineCAM, SESS).
+
+A wrapper builds its base method from the class it is given
+(``base_method=GradCAM``) and runs it through its public stages only:
+:meth:`camlib.base_cam.BaseCAM.compute` with ``default_targets=`` (targets
+chosen from each pass's own scores) or ``aggregate=`` (another combination of
+the per-layer maps). A wrapper implements :meth:`CAMWrapper.compute`; calling
+it returns numpy, as every CAM does.
+
+Example:
+    >>> import torch, torchvision
+    >>> from camlib import RefineCAM
+    >>> model = torchvision.models.resnet18(weights=None)
+    >>> cam = RefineCAM(model, [model.layer3[-1], model.layer4[-1]])
+    >>> cam.base_cam.__class__.__name__, cam(torch.randn(1, 3, 64, 64)).shape
+    ('GradCAMPlusPlus', (1, 64, 64))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, List, Optional
+
+import numpy as np
+import torch
+
+from camlib.base_cam import BaseCAM, to_numpy
+from camlib.capabilities import Capabilities
+
+__all__ = ["CAMWrapper", "build_base_cam"]
+
+
+def build_base_cam(
+    wrapper: str,
+    base_method: Any,
+    model: torch.nn.Module,
+    target_layers: List[torch.nn.Module],
+    reshape_transform: Optional[Callable],
+    **kwargs: Any,
+) -> Any:
+    """Build a wrapper's base method from its class, with a clear error for anything else."""
+    if isinstance(base_method, (BaseCAM, CAMWrapper)):
+        name = type(base_method).__name__
+        raise TypeError(
+            f"base_method must be a CAM class, got an instance of {name}; pass the class itself "
+            f"({wrapper} builds it): base_method={name}"
+        )
+    if not (isinstance(base_method, type) and issubclass(base_method, (BaseCAM, CAMWrapper))):
+        raise TypeError(f"base_method must be a camlib CAM class such as GradCAM, got {base_method!r}")
+    return base_method(model, target_layers, reshape_transform, **kwargs)
+
+
+class CAMWrapper:
+    """Base of the methods that run another method (its ``base_cam``).
+
+    Subclasses set ``capabilities`` (with ``wraps_method=True``) and implement
+    :meth:`compute`. The model, its target layers and the last call's outputs
+    are the base method's.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(wraps_method=True)
+
+    def __init__(self, base_cam: Any) -> None:
+        self.base_cam = base_cam
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The explained model."""
+        return self.base_cam.model
+
+    @property
+    def target_layers(self) -> list:
+        """The base method's target layers."""
+        return self.base_cam.target_layers
+
+    @property
+    def outputs(self) -> Any:
+        """The model's (detached) output of the last call of the base method."""
+        return self.base_cam.outputs
+
+    @property
+    def uses_gradients(self) -> bool:
+        """Whether the base method back-propagates."""
+        return self.base_cam.uses_gradients
+
+    @property
+    def compute_input_gradient(self) -> bool:
+        """Whether the base method takes the input gradient."""
+        return self.base_cam.compute_input_gradient
+
+    def class_target(self, category: int) -> Callable:
+        """The target that explains class ``category`` (the base method's, by default)."""
+        return self.base_cam.class_target(category)
+
+    def compute(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        per_layer: bool = False,
+    ) -> torch.Tensor:
+        """The maps as a tensor on the model's device; implemented by each wrapper."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        eigen_smooth: bool = False,
+        *,
+        aug_smooth: bool = False,
+        per_layer: bool = False,
+    ) -> np.ndarray:
+        """The maps as ``np.float32`` (see :meth:`compute`)."""
+        return to_numpy(
+            self.compute(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer)
+        )
+
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        eigen_smooth: bool = False,
+        *,
+        aug_smooth: bool = False,
+        per_layer: bool = False,
+    ) -> np.ndarray:
+        """Same as :meth:`forward`."""
+        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=aug_smooth, per_layer=per_layer)
+
+    def release(self) -> None:
+        """Remove any hook the base method still holds (hooks only live during a call anyway)."""
+        self.base_cam.release()
+
+    def __enter__(self) -> CAMWrapper:
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(base_method={type(self.base_cam).__name__}, model={type(self.model).__name__}, "
+            f"target_layers={len(self.target_layers)} layer(s))"
+        )
