@@ -46,263 +46,26 @@ Differences from pytorch-grad-cam 1.5.7, on purpose:
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, ClassVar, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterator, List, Optional
 
 import torch
 import torch.fx
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from camlib.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
-from camlib.activations_and_gradients import ActivationsAndGradients
-from camlib.base_cam import BaseCAM
+from camlib.base_cam import BaseCAM, weighted_sum_map
+from camlib.capabilities import Capabilities
+from camlib.capture import Capture
+from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores, score_outputs
+from camlib.utils.fx_split import LayerSplit, outputs_match, split_after_layer
 
-__all__ = ["AblationCAM", "LayerSplit", "split_after_layer"]
+__all__ = ["AblationCAM", "LayerSplit", "split_after_layer"]  # the split lives in camlib.utils.fx_split
 
 logger = logging.getLogger(__name__)
-
-
-class _RawOutputCapture(ActivationsAndGradients):
-    """Also keeps each target layer's output as the layer returned it (a clone,
-    detached), which is what ablated copies are made of."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.raw: list = []
-
-    def finalize(self, input_spatial: Sequence[int], leaf_gradients: Optional[Sequence] = None) -> None:
-        if all(capture is not None for capture in self._captures):
-            self.raw = self.raw_outputs()
-        super().finalize(input_spatial, leaf_gradients)  # raises if a target layer did not run
-
-
-# -- the part of the model after the target layer ------------------------------------------------
-class _KeepLayerWhole(torch.fx.Tracer):
-    """The default tracer, except that ``layer`` is one call node."""
-
-    def __init__(self, layer: torch.nn.Module) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        return m is self.layer or super().is_leaf_module(m, module_qualified_name)
-
-
-def _constant_defaults(model: torch.nn.Module) -> dict:
-    """Forward arguments after the first that have plain defaults: traced with those
-    values, so ``if mask is None`` takes the branch a call ``model(x)`` takes."""
-    try:
-        parameters = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
-    plain = (type(None), bool, int, float, str)
-    return {
-        p.name: p.default
-        for p in parameters[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, plain)
-    }
-
-
-@contextlib.contextmanager
-def _attributes_restored(model: torch.nn.Module) -> Iterator[None]:
-    """Undo attribute assignments a forward() makes while traced (``self.seen += n``
-    would otherwise leave an fx Proxy on the user's module)."""
-    saved = [
-        (
-            module,
-            dict(module.__dict__),
-            dict(module._parameters),
-            dict(module._buffers),
-            dict(module._modules),
-        )
-        for module in model.modules()
-    ]
-    try:
-        yield
-    finally:
-        for module, attributes, parameters, buffers, modules in saved:
-            for current, before in (
-                (module.__dict__, attributes),
-                (module._parameters, parameters),
-                (module._buffers, buffers),
-                (module._modules, modules),
-            ):
-                if current.keys() != before.keys() or any(current[k] is not v for k, v in before.items()):
-                    current.clear()
-                    current.update(before)
-
-
-class LayerSplit(NamedTuple):
-    """A model cut at a target layer (see :func:`split_after_layer`).
-
-    Attributes:
-        rest: ``rest(activation, *side_values)`` computes the model's output from
-            the target layer's output (and the side values).
-        prefix: ``prefix(*model_inputs)`` returns the tuple of side values: what
-            ``rest`` needs from before the target layer other than its output
-            (a residual branch around it, say). None when ``rest`` needs nothing else.
-    """
-
-    rest: torch.fx.GraphModule
-    prefix: Optional[torch.fx.GraphModule]
-
-
-def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[LayerSplit]:
-    """Cut ``model`` at ``layer``: the part after it, as a module of the layer's output.
-
-    The model is traced with ``torch.fx`` keeping ``layer`` as one call. The
-    nodes the output needs after that call are copied into ``rest``, whose
-    inputs are the layer's output and the *side values*: the values computed
-    from the model's input without going through ``layer`` that ``rest`` uses
-    (the input of a residual block whose inner layer is cut, for instance).
-    ``prefix`` computes those from the model's input, without running ``layer``.
-    Returns None when the model cannot be traced, when ``layer`` is called other
-    than exactly once, or when the output does not depend on it.
-
-    Both modules share the model's submodules and parameters (nothing is
-    copied, nothing in ``model`` is changed: attributes its ``forward`` sets
-    while traced are put back). Python-level behaviour that tracing cannot see
-    (data-dependent branches) is not checked here: :class:`AblationCAM`
-    compares the split's output with the model's before using it.
-    """
-    if layer is model:
-        return None
-    tracer = _KeepLayerWhole(layer)
-    try:
-        with _attributes_restored(model), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = tracer.trace(model, concrete_args=_constant_defaults(model) or None)
-    except Exception as error:  # tracing fails for many legitimate models; they take the full-model path
-        logger.debug(
-            "cannot trace %s with torch.fx (%s: %s)", type(model).__name__, type(error).__name__, error
-        )
-        return None
-    nodes = list(graph.nodes)
-    cuts = [n for n in nodes if n.op == "call_module" and _submodule(model, n.target) is layer]
-    if len(cuts) != 1:
-        logger.debug("the target layer is called %d times in the traced graph", len(cuts))
-        return None
-    cut = cuts[0]
-    after_cut: set = set()  # nodes that depend on the layer's output
-    from_input: set = set()  # nodes that depend on the model's inputs
-    for node in nodes:
-        inputs = node.all_input_nodes
-        if node is cut or any(i in after_cut for i in inputs):
-            after_cut.add(node)
-        if node.op == "placeholder" or any(i in from_input for i in inputs):
-            from_input.add(node)
-    output = next(n for n in reversed(nodes) if n.op == "output")
-    if output not in after_cut:
-        logger.debug("the model's output does not depend on the target layer")
-        return None
-    # What the output needs after the cut; values from before it that do not
-    # depend on it become side inputs.
-    needed: set = set()
-    side: set = set()
-    stack = [output]
-    while stack:
-        node = stack.pop()
-        if node in needed or node in side or node is cut:
-            continue
-        if node in from_input and node not in after_cut:
-            side.add(node)
-            continue
-        needed.add(node)
-        stack.extend(node.all_input_nodes)
-    side_nodes = [n for n in nodes if n in side]
-
-    rest_graph = torch.fx.Graph()
-    env = {cut: rest_graph.placeholder("activation")}
-    for index, node in enumerate(side_nodes):
-        env[node] = rest_graph.placeholder(f"side_{index}")
-    for node in nodes:
-        if node in needed and node is not output:
-            env[node] = rest_graph.node_copy(node, lambda n: env[n])
-    rest_graph.output(torch.fx.map_arg(output.args[0], lambda n: env[n]))
-    # Tensors the forward creates (torch.tensor(...) in timm's Swin) become constants that the
-    # tracer set on the model, and that _attributes_restored took off again: keep them here.
-    constants = {name: value for value, name in tracer.tensor_attrs.items() if name.startswith("_tensor_constant")}
-    rest = _graph_module(model, rest_graph, constants, "AfterTargetLayer")
-    if not side_nodes:
-        return LayerSplit(rest, None)
-
-    wanted: set = set()
-    stack = list(side_nodes)
-    while stack:
-        node = stack.pop()
-        if node not in wanted:
-            wanted.add(node)
-            stack.extend(node.all_input_nodes)
-    prefix_graph = torch.fx.Graph()
-    prefix_env: dict = {}
-    for node in nodes:
-        if node.op == "placeholder" or node in wanted:  # every input, so calls bind as the model's do
-            prefix_env[node] = prefix_graph.node_copy(node, lambda n: prefix_env[n])
-    prefix_graph.output(tuple(prefix_env[n] for n in side_nodes))
-    prefix = _graph_module(model, prefix_graph, constants, "SideValues")
-    return LayerSplit(rest, prefix)
-
-
-def _graph_module(model: torch.nn.Module, graph: torch.fx.Graph, constants: dict, name: str) -> torch.fx.GraphModule:
-    """A GraphModule running ``graph`` with the model's own submodules and parameters (shared, not
-    copied), plus the traced tensor ``constants``."""
-    root: dict = {}
-    for node in graph.nodes:
-        if node.op not in ("call_module", "get_attr"):
-            continue
-        target = str(node.target)
-        if target in constants:
-            root[target] = constants[target]
-            continue
-        value: Any = model
-        for part in target.split("."):
-            value = getattr(value, part)
-        root[target] = value
-    return torch.fx.GraphModule(root, graph, class_name=name)
-
-
-def _submodule(model: torch.nn.Module, target: Any) -> Optional[torch.nn.Module]:
-    try:
-        return model.get_submodule(str(target))
-    except AttributeError:
-        return None
-
-
-def _outputs_match(a: Any, b: Any) -> bool:
-    leaves_a, spec_a = tree_flatten(a)
-    leaves_b, spec_b = tree_flatten(b)
-    if spec_a != spec_b:
-        return False
-    for x, y in zip(leaves_a, leaves_b):
-        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
-            return False
-        if not isinstance(x, torch.Tensor):
-            if not _same_value(x, y):
-                return False
-            continue
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return False
-        if x.numel() and x.is_floating_point():
-            scale = 1.0 + float(y.abs().max())
-            if float((x - y).abs().max()) > 1e-4 * scale:
-                return False
-        elif not torch.equal(x, y):
-            return False
-    return True
-
-
-def _same_value(x: Any, y: Any) -> bool:
-    if x is y:
-        return True
-    try:
-        return bool(x == y)
-    except (TypeError, ValueError, RuntimeError):  # e.g. arrays, whose == is element-wise
-        return False
 
 
 def _ablated_batch(layer: Any, raw: Any, index: int, channels: torch.Tensor) -> Any:
@@ -364,6 +127,7 @@ def _activation_count(activation: Any) -> int:
 
 
 # -- the method ------------------------------------------------------------------------------------
+@register_method("ablationcam", title="Ablation-CAM")
 class AblationCAM(BaseCAM):
     r"""Ablation-CAM.
 
@@ -416,8 +180,7 @@ class AblationCAM(BaseCAM):
         ((1, 64, 64), ['split'])
     """
 
-    uses_gradients: ClassVar[bool] = False
-    default_batch_size: ClassVar[int] = 32
+    capabilities = Capabilities(gradients=False, extra_forwards=True, default_batch_size=32)
     split_model: ClassVar[bool] = True
 
     def __init__(
@@ -456,31 +219,28 @@ class AblationCAM(BaseCAM):
         self.ablation_layer = self._default_layer if ablation_layer is None else ablation_layer
         self.ratio_channels_to_ablate = float(ratio_channels_to_ablate)
         self.last_paths: list[str] = []
-        self.activations_and_grads = _RawOutputCapture(
-            model, self.target_layers, reshape_transform, self.detach
-        )
 
-    # -- stage 3 ------------------------------------------------------------------------------
-    def compute_cam_per_layer(self, input_tensor, targets, eigen_smooth):
-        self.last_paths = []
-        try:
-            return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)
-        finally:
-            self.activations_and_grads.raw = []
+    # -- raw maps ------------------------------------------------------------------------------
+    def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
+        """Each layer's map from its ablation weights; records how each layer was scored in :attr:`last_paths`."""
+        results = [self._layer_weights(capture, i) for i in range(len(capture.layers))]
+        self.last_paths = [path for _, path in results]
+        return [weighted_sum_map(w, a, eigen_smooth) for (w, _), a in zip(results, capture.activations)]
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
-        raw = self._raw_output(target_layer)
+    def _layer_weights(self, capture: Capture, index: int) -> tuple[torch.Tensor, str]:
+        """``(weights [B, C], path)`` of one layer: the normalised score drops, and how they were scored."""
+        raw, activations = capture.raw_activations[index], capture.activations[index]
+        target_layer, targets, x = capture.layers[index], list(capture.targets), capture.input
         batch, num_channels = activations.shape[:2]
         layer = self._layer_for(raw, num_channels)
         device = activations.device
-        original = score_outputs(self.outputs, targets).to(device)
+        original = score_outputs(capture.outputs, targets).to(device)
         ablated_scores = original[:, None].repeat(1, num_channels)
         channels = [self._channels_to_ablate(layer, activations[b], num_channels) for b in range(batch)]
         if not any(c.numel() for c in channels):
-            self.last_paths.append("none")
-            return self._normalised_drop(original, ablated_scores)
+            return self._normalised_drop(original, ablated_scores), "none"
 
-        split = self._checked_split(input_tensor, target_layer, raw) if self.split_model else None
+        split = self._checked_split(x, target_layer, raw, capture.outputs) if self.split_model else None
         plan = _Plan(channels)
 
         def ablated(start: int, stop: int) -> Any:
@@ -494,17 +254,17 @@ class AblationCAM(BaseCAM):
 
         common = dict(batch_size=self.batch_size, progress=self.progress, desc="AblationCAM")
         if split is None:
-            self.last_paths.append("full")
-            scores = self._score_full_model(input_tensor, target_layer, plan, ablated, targets_for, common)
+            path = "full"
+            scores = self._score_full_model(x, target_layer, plan, ablated, targets_for, common)
         else:
-            self.last_paths.append("split")
-            scores = self._score_split(input_tensor, split, plan, ablated, targets_for, common)
+            path = "split"
+            scores = self._score_split(x, split, plan, ablated, targets_for, common)
         rows = torch.tensor(plan.image, device=device)
         ablated_scores[rows, plan.channel] = scores.to(device)
-        return self._normalised_drop(original, ablated_scores)
+        return self._normalised_drop(original, ablated_scores), path
 
     def _checked_split(
-        self, x: torch.Tensor, target_layer: torch.nn.Module, raw: Any
+        self, x: torch.Tensor, target_layer: torch.nn.Module, raw: Any, outputs: Any
     ) -> Optional[LayerSplit]:
         """The split at ``target_layer``, if it reproduces the model's output on ``x``."""
         split = split_after_layer(self.model, target_layer)
@@ -513,7 +273,7 @@ class AblationCAM(BaseCAM):
         with torch.no_grad():
             side = () if split.prefix is None else split.prefix(x.clone())
             reproduced = split.rest(_clone(raw), *side)
-        if not _outputs_match(reproduced, self.outputs):
+        if not outputs_match(reproduced, outputs):
             logger.debug("the split model does not reproduce the model's output; running the whole model")
             return None
         return split
@@ -566,12 +326,6 @@ class AblationCAM(BaseCAM):
             replacement.clear()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _raw_output(self, target_layer: torch.nn.Module) -> Any:
-        for layer, raw in zip(self.target_layers, self.activations_and_grads.raw):
-            if layer is target_layer:
-                return raw
-        raise RuntimeError("AblationCAM found no captured output for the target layer")
-
     def _layer_for(self, raw: Any, num_channels: int) -> Any:
         """The ablation layer for this output; checks it ablates the CAM's channels."""
         layer = self.ablation_layer

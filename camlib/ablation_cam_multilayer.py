@@ -35,19 +35,16 @@ from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from camlib._ops import broadcast_weights, reduce_channels
-from camlib.activations_and_gradients import ActivationsAndGradients
-from camlib.base_cam import BaseCAM
+from camlib.base_cam import BaseCAM, weighted_sum_map
+from camlib.capabilities import Capabilities
+from camlib.capture import Capture, describe_module
 from camlib.utils.batched import batched_target_scores, score_outputs
 from camlib.utils.find_layers import replace_layer_recursive
-from camlib.utils.image import scale_cam_image
 
 __all__ = ["AblationCAM", "AblationLayer", "replace_layer_recursive"]
 
 
-def _describe(layer: torch.nn.Module) -> str:
-    text = repr(layer).split("\n")[0]
-    return text if len(text) <= 80 else text[:77] + "..."
+_describe = describe_module
 
 
 class AblationLayer(torch.nn.Module):
@@ -135,22 +132,6 @@ class AblationLayer(torch.nn.Module):
         return torch.where(hits, value.reshape(shape).to(output.dtype), output)
 
 
-class _ShapeCapture(ActivationsAndGradients):
-    """Also records the shape of each target layer's raw output (to find its channel dim)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.raw_shapes: list = []
-
-    def finalize(self, input_spatial: Sequence[int], leaf_gradients: Optional[Sequence] = None) -> None:
-        self.check_all_ran()
-        self.raw_shapes = [
-            tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
-            for raw in self.raw_outputs()
-        ]
-        super().finalize(input_spatial, leaf_gradients)
-
-
 def _find_slot(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[tuple]:
     """``(parent, name)`` of the first place ``layer`` (by identity) is registered, depth first."""
     for name, child in model._modules.items():
@@ -230,8 +211,7 @@ class AblationCAM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients: ClassVar[bool] = False
-    default_batch_size: ClassVar[int] = 32
+    capabilities = Capabilities(gradients=False, extra_forwards=True, default_batch_size=32)
 
     def __init__(
         self,
@@ -243,14 +223,14 @@ class AblationCAM(BaseCAM):
         progress: Optional[bool] = None,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, batch_size=batch_size, progress=progress)
-        self.activations_and_grads = _ShapeCapture(model, self.target_layers, reshape_transform, self.detach)
 
     # -- weights -------------------------------------------------------------------------------------
-    def _channel_dims(self, num_channels: int) -> list[int]:
+    def _channel_dims(self, capture: Capture, num_channels: int) -> list[int]:
         """For each target layer, the dim of its raw output that holds the CAM's channels."""
         preferred = (1, -1) if self.reshape_transform is None else (-1, 1)
+        shapes = [tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__ for r in capture.raw_activations]
         dims = []
-        for layer, shape in zip(self.target_layers, self.activations_and_grads.raw_shapes):
+        for layer, shape in zip(capture.layers, shapes):
             if isinstance(shape, str):
                 raise TypeError(
                     f"multi-layer AblationCAM ablates tensor outputs, but target layer {_describe(layer)} returned "
@@ -265,23 +245,14 @@ class AblationCAM(BaseCAM):
             dims.append(dim)
         return dims
 
-    def get_cam_weights(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: Optional[torch.nn.Module],
-        targets: List[Callable],
-        activations: torch.Tensor,
-        grads: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        """Weights ``[B, C]`` shared by all target layers (``target_layer`` is not used).
-
-        Must run inside a call, after the capturing forward pass (it uses the
-        model's output and the target layers' output shapes from it).
-        """
-        batch, num_channels = activations.shape[:2]
-        device = activations.device
-        original = score_outputs(self.outputs, targets).to(device)
-        dims = self._channel_dims(num_channels)
+    def shared_weights(self, capture: Capture) -> torch.Tensor:
+        """Weights ``[B, C]`` shared by all target layers: the normalised drops of the target
+        scores when a channel is ablated in every layer at once."""
+        input_tensor, targets = capture.input, list(capture.targets)
+        batch, num_channels = capture.activations[0].shape[:2]
+        device = capture.activations[0].device
+        original = score_outputs(capture.outputs, targets).to(device)
+        dims = self._channel_dims(capture, num_channels)
         layers = list({id(layer): layer for layer in self.target_layers}.values())
         dim_of = {id(layer): dim for layer, dim in zip(self.target_layers, dims)}
         wrappers = [
@@ -331,23 +302,14 @@ class AblationCAM(BaseCAM):
         return (original[:, None] - ablated) / denominator
 
     # -- maps -------------------------------------------------------------------------------------------
-    def compute_cam_per_layer(
-        self, input_tensor: torch.Tensor, targets: List[Callable], eigen_smooth: bool
-    ) -> List[torch.Tensor]:
-        """One ``[B, 1, *spatial]`` map per target layer, all with the shared weights."""
-        activations = self.activations_and_grads.activations
-        counts = [int(a.shape[1]) for a in activations]
+    def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
+        """One raw map per target layer, all with the shared weights."""
+        counts = [int(a.shape[1]) for a in capture.activations]
         if len(set(counts)) > 1:
-            listing = ", ".join(f"{_describe(layer)}: {c}" for layer, c in zip(self.target_layers, counts))
+            listing = ", ".join(f"{_describe(layer)}: {c}" for layer, c in zip(capture.layers, counts))
             raise ValueError(
                 f"multi-layer AblationCAM ablates channel k in every target layer at once, so the layers need the "
                 f"same number of channels; got {listing}. Use camlib.AblationCAM for layers of different widths"
             )
-        weights = self.get_cam_weights(input_tensor, None, targets, activations[0], None)
-        target_size = self.get_target_width_height(input_tensor)
-        maps = []
-        for layer_activations in activations:
-            weighted = broadcast_weights(weights, layer_activations) * layer_activations
-            cam = torch.relu(reduce_channels(weighted, eigen_smooth))
-            maps.append(scale_cam_image(cam, target_size)[:, None])
-        return maps
+        weights = self.shared_weights(capture)
+        return [weighted_sum_map(weights, activations, eigen_smooth) for activations in capture.activations]

@@ -7,6 +7,8 @@ from typing import Callable, List, Optional
 import torch
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["CAM"]
 
@@ -19,6 +21,7 @@ def _last_linear(model: torch.nn.Module) -> Optional[torch.nn.Linear]:
     return linear
 
 
+@register_method("cam", title="CAM")
 class CAM(BaseCAM):
     r"""CAM, the original class activation map (no gradients).
 
@@ -50,7 +53,7 @@ class CAM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients = False
+    capabilities = Capabilities(gradients=False, differentiable=True)
 
     def __init__(
         self,
@@ -70,7 +73,7 @@ class CAM(BaseCAM):
         self.fc_layer = fc_layer
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
-        weight = self.fc_layer.weight.detach()
+        weight = self.fc_layer.weight
         if weight.shape[1] != activations.shape[1]:
             raise ValueError(
                 f"the classifier has {weight.shape[1]} input features but the target layer has "

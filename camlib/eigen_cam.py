@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 from camlib.utils.svd_on_activations import get_2d_projection
 
 __all__ = ["EigenCAM"]
 
 
+@register_method("eigencam", title="EigenCAM")
 class EigenCAM(BaseCAM):
     r"""Eigen-CAM.
 
@@ -34,7 +37,7 @@ class EigenCAM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients = False
+    capabilities = Capabilities(gradients=False, class_specific=False)
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         return get_2d_projection(activations)

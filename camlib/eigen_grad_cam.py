@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 from camlib.utils.svd_on_activations import get_2d_projection
 
 __all__ = ["EigenGradCAM"]
 
 
+@register_method("eigengradcam", title="EigenGradCAM")
 class EigenGradCAM(BaseCAM):
     r"""Eigen-Grad-CAM: like Eigen-CAM, but on the class-specific product
     :math:`\frac{\partial y^c}{\partial A} \odot A` (so it depends on the target).
@@ -26,6 +29,8 @@ class EigenGradCAM(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
     """
+
+    capabilities = Capabilities()
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         return get_2d_projection(grads * activations)

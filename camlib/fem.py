@@ -8,6 +8,8 @@ import torch
 
 from camlib._ops import broadcast_weights, spatial_dims
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["FEM", "fem_weights"]
 
@@ -22,6 +24,7 @@ def fem_weights(activations: torch.Tensor, k: float = 2.0) -> torch.Tensor:
     return (activations > threshold).float().mean(dim=dims)
 
 
+@register_method("fem", title="FEM")
 class FEM(BaseCAM):
     r"""FEM, the Feature Explanation Method.
 
@@ -47,7 +50,7 @@ class FEM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients = False
+    capabilities = Capabilities(gradients=False, class_specific=False)
 
     def __init__(
         self,

@@ -10,11 +10,14 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from camlib.base_cam import BaseCAM
+from camlib.base_cam import to_numpy
+from camlib.cam_wrapper import CAMWrapper, build_base_cam
 from camlib.grad_cam import GradCAM
+from camlib.registry import register_method
+from camlib.utils.model_outputs import logits_of
 from camlib.utils.model_targets import FinerWeightedTarget
 
-__all__ = ["DEFAULT_COMPARISON_CATEGORIES", "FinerCAM", "finer_targets"]
+__all__ = ["DEFAULT_COMPARISON_CATEGORIES", "FinerCAM", "FinerClassTarget", "finer_targets"]
 
 #: Ranks (in order of similarity to the main class, 0 being the main class
 #: itself) of the classes compared with by default: the three most similar.
@@ -117,7 +120,8 @@ def finer_targets(
     return [FinerWeightedTarget(row[0], [row[r] for r in ranks], alpha) for row in order]
 
 
-class FinerCAM:
+@register_method("finercam", title="Finer-CAM")
+class FinerCAM(CAMWrapper):
     r"""Finer-CAM: a base CAM method explaining a class against its look-alikes.
 
     Zhang et al., "Finer-CAM: Spotting the Difference Reveals Finer Details for
@@ -155,6 +159,8 @@ class FinerCAM:
         ((2, 64, 64), dtype('float32'))
     """
 
+    capabilities = GradCAM.capabilities.but(wraps_method=True, differentiable=False)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -163,31 +169,53 @@ class FinerCAM:
         base_method: type = GradCAM,
         **kwargs: Any,
     ) -> None:
-        if isinstance(base_method, BaseCAM):
-            raise TypeError(
-                f"base_method must be a CAM class, got an instance of {type(base_method).__name__}; "
-                f"pass the class itself: base_method={type(base_method).__name__}"
+        super().__init__(build_base_cam("FinerCAM", base_method, model, target_layers, reshape_transform, **kwargs))
+
+    def class_target(self, category: int) -> Callable:
+        """Finer-CAM's target for class ``category``: its score against its look-alikes,
+        found from each image's own scores when the target is applied."""
+        return FinerClassTarget(category)
+
+    def compute(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        per_layer: bool = False,
+        alpha: float = 1,
+        comparison_categories: Optional[Sequence[int]] = None,
+        target_idx: Optional[int] = None,
+    ) -> torch.Tensor:
+        """The base method's maps of Finer-CAM's targets (see :meth:`forward` for the arguments)."""
+        if targets is not None:
+            if comparison_categories is not None or target_idx is not None:
+                warnings.warn(
+                    "targets were given, so comparison_categories and target_idx are ignored "
+                    "(they only shape the targets FinerCAM builds when targets=None)",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return self.base_cam.compute(
+                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer
             )
-        if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-            raise TypeError(f"base_method must be a camlib CAM class such as GradCAM, got {base_method!r}")
-        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
-        self.compute_input_gradient = self.base_cam.compute_input_gradient
-        self.uses_gradients = self.base_cam.uses_gradients
+        alpha = _check_alpha(alpha)
+        if target_idx is not None:
+            _check_index("target_idx", target_idx)
 
-    @property
-    def model(self) -> torch.nn.Module:
-        """The explained model."""
-        return self.base_cam.model
+        def resolve(scores: torch.Tensor) -> List[FinerWeightedTarget]:
+            return finer_targets(scores, alpha, comparison_categories, target_idx)
 
-    @property
-    def target_layers(self) -> list:
-        """The base method's target layers."""
-        return self.base_cam.target_layers
-
-    @property
-    def outputs(self):
-        """The model's (detached) output of the last forward pass."""
-        return self.base_cam.outputs
+        # the targets come from the scores of the base method's own forward pass (each augmented pass's)
+        return self.base_cam.compute(
+            input_tensor,
+            None,
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            per_layer=per_layer,
+            default_targets=resolve,
+        )
 
     def forward(
         self,
@@ -220,33 +248,18 @@ class FinerCAM:
             the base method's maps: ``np.float32 [B, H, W]`` in [0, 1], or
             ``[B, L, H, W]`` with ``per_layer``.
         """
-        if targets is not None:
-            if comparison_categories is not None or target_idx is not None:
-                warnings.warn(
-                    "targets were given, so comparison_categories and target_idx are ignored "
-                    "(they only shape the targets FinerCAM builds when targets=None)",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            return self.base_cam(
-                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer
+        return to_numpy(
+            self.compute(
+                input_tensor,
+                targets,
+                aug_smooth=aug_smooth,
+                eigen_smooth=eigen_smooth,
+                per_layer=per_layer,
+                alpha=alpha,
+                comparison_categories=comparison_categories,
+                target_idx=target_idx,
             )
-        alpha = _check_alpha(alpha)
-        if target_idx is not None:
-            _check_index("target_idx", target_idx)
-
-        def resolve(outputs: torch.Tensor) -> List[FinerWeightedTarget]:
-            return finer_targets(outputs, alpha, comparison_categories, target_idx)
-
-        # targets=None: the base method resolves the targets from the scores of
-        # its own forward pass, through its _default_targets step, for this call only.
-        self.base_cam._default_targets = resolve  # type: ignore[method-assign]
-        try:
-            return self.base_cam(
-                input_tensor, None, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer
-            )
-        finally:
-            del self.base_cam._default_targets
+        )
 
     def __call__(
         self,
@@ -272,15 +285,27 @@ class FinerCAM:
             per_layer=per_layer,
         )
 
-    def release(self) -> None:
-        """Remove any hook still attached (hooks only live during a call anyway)."""
-        self.base_cam.release()
 
-    def __enter__(self) -> FinerCAM:
-        return self
+class FinerClassTarget:
+    """Finer-CAM's target for one class, resolved against the image's own scores when applied:
+    the class's score against the classes nearest to it (see :func:`finer_targets`).
 
-    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
-        self.release()
+    Args:
+        category: the class to explain.
+        alpha: strength of the comparison.
+        comparison_categories: similarity ranks to compare with (default the three nearest).
+    """
+
+    def __init__(self, category: int, alpha: float = 1, comparison_categories: Optional[Sequence[int]] = None) -> None:
+        self.category = _check_index("category", category)
+        self.alpha = _check_alpha(alpha)
+        self.comparison_categories = comparison_categories
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        scores = logits_of(model_output)
+        row = scores.reshape(1, -1)
+        target = finer_targets(row, self.alpha, self.comparison_categories, self.category)[0]
+        return target(scores)
 
     def __repr__(self) -> str:
-        return f"FinerCAM(base_method={type(self.base_cam).__name__}, model={type(self.model).__name__})"
+        return f"FinerClassTarget({self.category}, alpha={self.alpha})"

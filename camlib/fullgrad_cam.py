@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.capture import Capture
+from camlib.registry import register_method
 from camlib.utils.find_layers import find_layer_predicate_recursive
 from camlib.utils.image import scale_accross_batch_and_channels, scale_cam_image
 from camlib.utils.svd_on_activations import get_2d_projection
@@ -108,51 +110,12 @@ def fullgrad_map(
     return scale_cam_image(projection, _cv_order(size))
 
 
-class _BiasLayerCapture(ActivationsAndGradients):
-    """Capture of FullGrad's layers, which the user did not choose: a layer the
-    forward pass does not reach (say an auxiliary head used only in training)
-    adds nothing to the map instead of being an error. Its entries in
-    :attr:`activations` and :attr:`gradients` are None."""
-
-    def _ran(self) -> list[int]:
-        return [i for i, capture in enumerate(self._captures) if capture is not None]
-
-    def check_all_ran(self) -> None:
-        # A layer that did not run is allowed; reused layers are reported once, in finalize.
-        return None
-
-    def finalize(self, input_spatial: Sequence[int], leaf_gradients: Optional[Sequence] = None) -> None:
-        ran = self._ran()
-        for index in ran:
-            if self._captures[index].calls > 1:
-                warnings.warn(
-                    f"{repr(self.target_layers[index]).splitlines()[0]} ran {self._captures[index].calls} "
-                    "times in one forward pass (a shared module); FullGrad uses the bias-gradient of its "
-                    "last call only",
-                    stacklevel=7,
-                )
-        all_layers = self.target_layers
-        self.target_layers = [all_layers[i] for i in ran]
-        self._captures = [self._captures[i] for i in ran]
-        try:
-            super().finalize(input_spatial, leaf_gradients)
-        finally:
-            self.target_layers = all_layers
-            self._captures = [None] * len(all_layers)
-        activations: list = [None] * len(all_layers)
-        gradients: list = [None] * len(all_layers)
-        for position, index in enumerate(ran):
-            activations[index] = self.activations[position]
-            if position < len(self.gradients):
-                gradients[index] = self.gradients[position]
-        self.activations, self.gradients = activations, gradients
-
-
 def _channels_first(output: torch.Tensor) -> torch.Tensor:
     """Convolutions and batch norms already give ``[B, C, *S]``: nothing to infer."""
     return output
 
 
+@register_method("fullgrad", title="FullGrad")
 class FullGrad(BaseCAM):
     r"""FullGrad.
 
@@ -197,8 +160,7 @@ class FullGrad(BaseCAM):
         ((2, 64, 64), dtype('float32'))
     """
 
-    compute_input_gradient = True
-    allows_empty_target_layers = True
+    capabilities = Capabilities(input_gradient=True, own_layers=True, per_layer=False)
 
     def __init__(
         self,
@@ -207,6 +169,7 @@ class FullGrad(BaseCAM):
         reshape_transform: Optional[Callable] = None,
         *,
         output_adapter: Optional[Callable] = None,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -244,17 +207,8 @@ class FullGrad(BaseCAM):
             bias_layers,
             reshape_transform if reshape_transform is not None else _channels_first,
             output_adapter=output_adapter,
+            **kwargs,
         )
-        self.activations_and_grads = _BiasLayerCapture(
-            model, self.target_layers, self.reshape_transform, self.detach
-        )
-
-    def _warn_zero_gradients(self) -> None:
-        # BaseCAM warns about a target layer whose gradient is zero everywhere,
-        # advice aimed at a layer the user picked. FullGrad picks dozens itself,
-        # and some legitimately get no gradient (behind a dead ReLU, or not run
-        # at all, with a None entry), so there is nothing to warn about here.
-        return None
 
     @property
     def bias_data(self) -> list[np.ndarray]:
@@ -265,38 +219,12 @@ class FullGrad(BaseCAM):
         """The effective bias ``[C]`` of one of FullGrad's layers (see :func:`effective_bias`)."""
         return effective_bias(layer)
 
-    def compute_cam_per_layer(
-        self, input_tensor: torch.Tensor, targets: List[Callable], eigen_smooth: bool
-    ) -> List[torch.Tensor]:
-        """The FullGrad map as a single unscaled ``[B, 1, *S]`` entry (all terms summed)."""
-        if input_tensor.grad is None:
-            raise RuntimeError("FullGrad needs the input gradient, but the pipeline did not compute it")
-        gradients = self.activations_and_grads.gradients
-        ran = [i for i, grads in enumerate(gradients) if grads is not None]
-        biases = [self.get_bias_data(self.target_layers[i]) for i in ran]
-        cam = fullgrad_map(input_tensor, input_tensor.grad, biases, [gradients[i] for i in ran], eigen_smooth)
-        return [cam[:, None]]
-
-    def aggregate_multi_layers(self, cam_per_target_layer: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Sum of the entries, scaled to [0, 1]: ``[B, *S]``."""
-        return scale_cam_image(torch.cat(list(cam_per_target_layer), dim=1).sum(dim=1))
-
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-        *,
-        per_layer: bool = False,
-    ) -> np.ndarray:
-        """Compute the maps; see :meth:`BaseCAM.__call__`. ``per_layer`` is not supported."""
-        if per_layer:
-            raise ValueError(
-                "FullGrad sums the input-gradient term and all bias-gradient terms into one map, so "
-                "per_layer=True has no per-layer maps to return; call it with per_layer=False"
-            )
-        return super().__call__(input_tensor, targets, aug_smooth, eigen_smooth)
+    def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
+        """The FullGrad map as one entry: the input term and every bias term that ran, summed."""
+        ran = [i for i, grads in enumerate(capture.gradients) if grads is not None]
+        biases = [self.get_bias_data(capture.layers[i]) for i in ran]
+        grads = [capture.gradients[i] for i in ran]
+        return [fullgrad_map(capture.input, capture.input_gradient, biases, grads, eigen_smooth)]
 
     def __repr__(self) -> str:
         return f"FullGrad(model={type(self.model).__name__}, {len(self.target_layers)} bias layer(s))"

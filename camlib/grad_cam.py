@@ -6,6 +6,8 @@ import torch
 
 from camlib._ops import spatial_dims
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["GradCAM", "grad_cam_weights"]
 
@@ -15,6 +17,7 @@ def grad_cam_weights(grads: torch.Tensor) -> torch.Tensor:
     return grads.mean(dim=spatial_dims(grads))
 
 
+@register_method("gradcam", title="Grad-CAM")
 class GradCAM(BaseCAM):
     r"""Grad-CAM.
 
@@ -37,6 +40,8 @@ class GradCAM(BaseCAM):
         >>> maps.shape, maps.dtype
         ((2, 64, 64), dtype('float32'))
     """
+
+    capabilities = Capabilities(differentiable=True)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
         return grad_cam_weights(grads)

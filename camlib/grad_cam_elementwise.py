@@ -6,6 +6,8 @@ import torch
 
 from camlib._ops import reduce_channels
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["GradCAMElementWise", "grad_cam_elementwise_map"]
 
@@ -15,6 +17,7 @@ def grad_cam_elementwise_map(activations: torch.Tensor, grads: torch.Tensor, eig
     return reduce_channels(torch.relu(grads * activations), eigen_smooth)
 
 
+@register_method("gradcamelementwise", title="Grad-CAM element-wise")
 class GradCAMElementWise(BaseCAM):
     r"""Grad-CAM with element-wise weighting (a variant of HiResCAM).
 
@@ -32,6 +35,8 @@ class GradCAMElementWise(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
     """
+
+    capabilities = Capabilities(differentiable=True)
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         return grad_cam_elementwise_map(activations, grads, eigen_smooth)

@@ -6,6 +6,8 @@ import torch
 
 from camlib._ops import broadcast_weights, spatial_dims
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["GradCAMPlusPlus", "grad_cam_plusplus_weights"]
 
@@ -22,6 +24,7 @@ def grad_cam_plusplus_weights(activations: torch.Tensor, grads: torch.Tensor, ep
     return (torch.relu(grads) * alpha).sum(dim=dims)
 
 
+@register_method("gradcam++", title="Grad-CAM++")
 class GradCAMPlusPlus(BaseCAM):
     r"""Grad-CAM++.
 
@@ -45,6 +48,8 @@ class GradCAMPlusPlus(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
     """
+
+    capabilities = Capabilities(differentiable=True)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
         return grad_cam_plusplus_weights(activations, grads)

@@ -8,6 +8,8 @@ import torch
 
 from camlib._ops import reduce_channels
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["HiResCAM", "hirescam_map"]
 
@@ -17,6 +19,7 @@ def hirescam_map(activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: b
     return reduce_channels(grads * activations, eigen_smooth)
 
 
+@register_method("hirescam", title="HiResCAM")
 class HiResCAM(BaseCAM):
     r"""HiResCAM.
 
@@ -39,6 +42,8 @@ class HiResCAM(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
     """
+
+    capabilities = Capabilities(differentiable=True)
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         if eigen_smooth:

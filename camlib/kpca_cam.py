@@ -7,11 +7,14 @@ from typing import Callable, List, Optional
 import torch
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 from camlib.utils.svd_on_activations import get_2d_projection_kernel
 
 __all__ = ["KPCA_CAM"]
 
 
+@register_method("kpcacam", title="KPCA-CAM")
 class KPCA_CAM(BaseCAM):
     r"""KPCA-CAM.
 
@@ -43,7 +46,7 @@ class KPCA_CAM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients = False
+    capabilities = Capabilities(gradients=False, class_specific=False)
 
     def __init__(
         self,

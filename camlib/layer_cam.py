@@ -6,6 +6,8 @@ import torch
 
 from camlib._ops import reduce_channels
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["LayerCAM", "layer_cam_map"]
 
@@ -15,6 +17,7 @@ def layer_cam_map(activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: 
     return reduce_channels(torch.relu(grads) * activations, eigen_smooth)
 
 
+@register_method("layercam", title="LayerCAM")
 class LayerCAM(BaseCAM):
     r"""LayerCAM.
 
@@ -35,6 +38,8 @@ class LayerCAM(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64), per_layer=True).shape
         (1, 2, 64, 64)
     """
+
+    capabilities = Capabilities(differentiable=True)
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         return layer_cam_map(activations, grads, eigen_smooth)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["RandomCAM"]
 
 
+@register_method("randomcam", title="RandomCAM")
 class RandomCAM(BaseCAM):
     r"""Random channel weights :math:`w_k \sim U(-1, 1)`, drawn with torch's
     generator on the model's device (seed it with ``torch.manual_seed``).
@@ -29,7 +32,7 @@ class RandomCAM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients = False
+    capabilities = Capabilities(gradients=False, class_specific=False, stochastic=True)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
         return torch.rand(activations.shape[:2], device=activations.device) * 2 - 1

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional
 
-import numpy as np
 import torch
 
-from camlib.base_cam import BaseCAM
+from camlib.cam_wrapper import CAMWrapper, build_base_cam
+from camlib.capabilities import Capabilities
 from camlib.grad_cam_plusplus import GradCAMPlusPlus
+from camlib.registry import register_method
 from camlib.utils.image import scale_cam_image
 
 __all__ = ["RefineCAM", "refine_maps"]
@@ -29,7 +30,8 @@ def refine_maps(per_layer_maps: torch.Tensor) -> torch.Tensor:
     return scale_cam_image(normalised.prod(dim=1))
 
 
-class RefineCAM:
+@register_method("refinecam", title="RefineCAM")
+class RefineCAM(CAMWrapper):
     r"""RefineCAM: the product of a base method's maps at several layers.
 
     Domeniconi, Stramiglio, Lombardi and Salti, "How to Evaluate and Refine
@@ -46,11 +48,6 @@ class RefineCAM:
     coarse ones. All layers come from ONE forward and backward pass of the base
     method (it replaces the base method's mean over layers by this product),
     not one pass per layer. Output: ``np.float32 [B, H, W]`` in [0, 1].
-
-    pytorch-grad-cam meant to normalise every layer's map before the product,
-    but its loop rebinds its loop variable and has no effect; it does not
-    matter there only because each of its maps has already been scaled to
-    [0, 1] by the base method. Here the normalisation is explicit.
 
     Args:
         model: the network (not modified).
@@ -72,6 +69,8 @@ class RefineCAM:
         ((2, 64, 64), dtype('float32'))
     """
 
+    capabilities = GradCAMPlusPlus.capabilities.but(wraps_method=True, differentiable=False)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -80,102 +79,41 @@ class RefineCAM:
         base_method: type = GradCAMPlusPlus,
         **kwargs: Any,
     ) -> None:
-        if isinstance(base_method, BaseCAM):
-            raise TypeError(
-                f"base_method must be a CAM class, got an instance of {type(base_method).__name__}; "
-                f"pass the class itself: base_method={type(base_method).__name__}"
-            )
-        if not (isinstance(base_method, type) and issubclass(base_method, BaseCAM)):
-            raise TypeError(
-                f"base_method must be a camlib CAM class such as GradCAMPlusPlus, got {base_method!r}"
-            )
-        if base_method.allows_empty_target_layers:
+        if isinstance(base_method, type) and getattr(base_method, "capabilities", Capabilities()).own_layers:
             raise ValueError(
                 f"{base_method.__name__} chooses its own layers and makes no map per target layer, so "
                 "RefineCAM has nothing to multiply; use a method that explains the given target_layers "
                 "(e.g. GradCAMPlusPlus, GradCAM, LayerCAM)"
             )
-        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
+        super().__init__(build_base_cam("RefineCAM", base_method, model, target_layers, reshape_transform, **kwargs))
 
-    @property
-    def model(self) -> torch.nn.Module:
-        """The explained model."""
-        return self.base_cam.model
-
-    @property
-    def target_layers(self) -> list:
-        """The layers whose maps are multiplied."""
-        return self.base_cam.target_layers
-
-    @property
-    def outputs(self):
-        """The model's (detached) output of the last forward pass."""
-        return self.base_cam.outputs
-
-    @staticmethod
-    def aggregate_multi_layers(cam_per_target_layer: Sequence[torch.Tensor]) -> torch.Tensor:
-        """RefineCAM's combination of the base method's ``[B, 1, *S]`` per-layer maps: ``[B, *S]``."""
-        return refine_maps(torch.cat(list(cam_per_target_layer), dim=1))
-
-    def forward(
+    def compute(
         self,
         input_tensor: torch.Tensor,
         targets: Optional[List[Callable]] = None,
-        eigen_smooth: bool = False,
         *,
         aug_smooth: bool = False,
+        eigen_smooth: bool = False,
         per_layer: bool = False,
-    ) -> np.ndarray:
-        """Compute the maps.
+    ) -> torch.Tensor:
+        """The product of the base method's per-layer maps (with ``per_layer``, the factors).
 
         Args:
             input_tensor: ``[B, C, H, W]`` (or ``[B, C, D, H, W]``) float tensor.
             targets: one callable per image, or None for each image's top class.
+            aug_smooth: average over test-time augmentations.
             eigen_smooth: passed to the base method.
-            aug_smooth: average over test-time augmentations (keyword only).
             per_layer: return the base method's map at each target layer, the
-                factors of the product, instead of the product (keyword only).
+                factors of the product, instead of the product.
 
         Returns:
-            ``np.float32`` maps in [0, 1]: ``[B, H, W]``, or ``[B, L, H, W]``
-            with ``per_layer``.
+            float32 maps in [0, 1]: ``[B, *S]``, or ``[B, L, *S]`` with ``per_layer``.
         """
-        if per_layer:
-            return self.base_cam(
-                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=True
-            )
-        # The base method runs its own pipeline with the product in place of
-        # its mean over layers, for this call only.
-        self.base_cam.aggregate_multi_layers = self.aggregate_multi_layers  # type: ignore[method-assign]
-        try:
-            return self.base_cam(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-        finally:
-            del self.base_cam.aggregate_multi_layers
-
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        eigen_smooth: bool = False,
-        *,
-        aug_smooth: bool = False,
-        per_layer: bool = False,
-    ) -> np.ndarray:
-        """Same as :meth:`forward`."""
-        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=aug_smooth, per_layer=per_layer)
-
-    def release(self) -> None:
-        """Remove any hook still attached (hooks only live during a call anyway)."""
-        self.base_cam.release()
-
-    def __enter__(self) -> RefineCAM:
-        return self
-
-    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        return (
-            f"RefineCAM(base_method={type(self.base_cam).__name__}, model={type(self.model).__name__}, "
-            f"target_layers={len(self.target_layers)} layer(s))"
+        return self.base_cam.compute(
+            input_tensor,
+            targets,
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            per_layer=per_layer,
+            aggregate=refine_maps,
         )

@@ -22,12 +22,14 @@ Differences from pytorch-grad-cam 1.5.7, on purpose:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores
 
 __all__ = ["ScoreCAM", "distinct_channel_maps", "score_cam_masks"]
@@ -70,6 +72,7 @@ def score_cam_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
     return (upsampled - low) / (high - low + MASK_EPS)
 
 
+@register_method("scorecam", title="Score-CAM")
 class ScoreCAM(BaseCAM):
     r"""Score-CAM.
 
@@ -104,8 +107,7 @@ class ScoreCAM(BaseCAM):
         (1, 64, 64)
     """
 
-    uses_gradients: ClassVar[bool] = False
-    default_batch_size: ClassVar[int] = 16
+    capabilities = Capabilities(gradients=False, extra_forwards=True, default_batch_size=16)
 
     def __init__(
         self,

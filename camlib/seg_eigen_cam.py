@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 from camlib.utils.svd_on_activations import get_2d_projection_with_sign_correction
 
 __all__ = ["SegEigenCAM"]
 
 
+@register_method("segeigencam", title="SegEigenCAM")
 class SegEigenCAM(BaseCAM):
     r"""Seg-Eigen-CAM.
 
@@ -32,6 +35,8 @@ class SegEigenCAM(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
     """
+
+    capabilities = Capabilities()
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         return get_2d_projection_with_sign_correction(grads.abs() * activations)

@@ -23,13 +23,15 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import InterpolationMode, resize
 
-from camlib.base_cam import BaseCAM, _model_device
+from camlib.cam_wrapper import CAMWrapper, build_base_cam
 from camlib.grad_cam import GradCAM
+from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores
-from camlib.utils.image import scale_cam_image
+from camlib.utils.image import gaussian_blur, linear_resize_matrix, scale_cam_image
 from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_bar
+from camlib.utils.validation import check_input_tensor, model_device, model_float_dtype
 
 __all__ = ["SESS", "sliding_window", "window_starts"]
 
@@ -98,50 +100,6 @@ def _resized_size(height: int, width: int, shorter: int) -> Tuple[int, int]:
     if height <= width:
         return shorter, int(shorter * width / height)
     return int(shorter * height / width), shorter
-
-
-def _linear_resize_matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
-    """``[out, in]`` matrix of 1-D linear resizing with half-pixel centres.
-
-    Row ``i`` samples the input at ``(i + 0.5) * in / out - 0.5`` (clamped at the
-    borders), the sampling of ``cv2.resize(..., INTER_LINEAR)`` and of
-    ``F.interpolate(..., mode="bilinear", align_corners=False)``.
-    """
-    src = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
-    low = src.floor().long().clamp_max(in_size - 1)
-    high = (low + 1).clamp_max(in_size - 1)
-    frac = src - low
-    rows = torch.arange(out_size)
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    matrix.index_put_((rows, low), 1.0 - frac, accumulate=True)
-    matrix.index_put_((rows, high), frac, accumulate=True)
-    return matrix.float().to(device)
-
-
-def _reflect101(size: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Indices ``-pad .. size + pad - 1`` folded into ``[0, size)`` by mirroring
-    without repeating the edge (OpenCV's default ``BORDER_REFLECT_101``)."""
-    index = torch.arange(-pad, size + pad, device=device)
-    if size == 1:
-        return torch.zeros_like(index)
-    period = 2 * (size - 1)
-    index = index.abs() % period
-    return torch.where(index >= size, period - index, index)
-
-
-def _gaussian_blur(
-    maps: torch.Tensor, kernel_size: int = SMOOTH_KERNEL_SIZE, sigma: float = SMOOTH_SIGMA
-) -> torch.Tensor:
-    """Separable Gaussian blur of ``[B, H, W]`` maps, borders mirrored as
-    ``cv2.GaussianBlur`` does by default."""
-    half = kernel_size // 2
-    offsets = torch.arange(kernel_size, dtype=torch.float64) - half
-    kernel = torch.exp(-(offsets**2) / (2.0 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(device=maps.device, dtype=maps.dtype)
-    height, width = maps.shape[-2:]
-    maps = maps[..., _reflect101(width, half, maps.device)].unfold(-1, kernel_size, 1) @ kernel
-    maps = maps[..., _reflect101(height, half, maps.device), :].unfold(-2, kernel_size, 1) @ kernel
-    return maps
 
 
 class _PatchGrid:
@@ -216,21 +174,22 @@ class _PatchGrid:
             left = resize_y[:, self._window_indices(self.ys[chosen]).to(maps.device)].permute(1, 0, 2)
             right = resize_x[:, self._window_indices(self.xs[chosen]).to(maps.device)].permute(1, 2, 0)
             where = where.to(maps.device)
-            out[where] = torch.bmm(torch.bmm(left, maps[where]), right)
+            out[where] = torch.bmm(torch.bmm(left, maps[where]), right).to(out.dtype)
         return out
 
     def _resize_matrices(self, index: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         if index not in self._matrices:
             height, width = self.sizes[index]
             self._matrices[index] = (
-                _linear_resize_matrix(height, self.height, device),
-                _linear_resize_matrix(width, self.width, device),
+                linear_resize_matrix(height, self.height, device),
+                linear_resize_matrix(width, self.width, device),
             )
         return self._matrices[index]
 
 
 # -- the method -----------------------------------------------------------------------------------
-class SESS:
+@register_method("sess", title="SESS")
+class SESS(CAMWrapper):
     r"""SESS: Saliency Enhancing with Scaling and Sliding.
 
     Tursun, Denman, Sridharan & Fookes, "SESS: Saliency Enhancing with Scaling
@@ -302,6 +261,10 @@ class SESS:
         ((2, 32, 32), dtype('float32'))
     """
 
+    capabilities = GradCAM.capabilities.but(
+        wraps_method=True, volumetric=False, per_layer=False, differentiable=False, extra_forwards=True
+    )
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -348,14 +311,8 @@ class SESS:
         if step_size is not None:
             step_size = _check_positive_int("step_size", step_size)
         batch_size = _check_positive_int("batch_size", batch_size)
-        if isinstance(base_method, BaseCAM) or not callable(base_method):
-            raise TypeError(
-                f"base_method must be a CAM class such as GradCAM (SESS builds it), got "
-                f"{type(base_method).__name__} instance; pass the class itself: base_method=GradCAM"
-            )
-        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
-        self.model = model
-        self.device = _model_device(model)
+        super().__init__(build_base_cam("SESS", base_method, model, target_layers, reshape_transform, **kwargs))
+        self.device = model_device(model)
         self.scales = scales
         self.num_scales = num_scales
         self.scale_step_ratio = float(scale_step_ratio)
@@ -378,31 +335,6 @@ class SESS:
         return [window_size + step * i for i in range(self.num_scales)]
 
     # -- stages ------------------------------------------------------------------------------------
-    def _prepare_input(self, input_tensor: Any) -> torch.Tensor:
-        if not isinstance(input_tensor, torch.Tensor):
-            raise TypeError(
-                f"input_tensor must be a torch.Tensor [B, C, H, W], got {type(input_tensor).__name__}"
-                + (" (convert with torch.from_numpy)" if isinstance(input_tensor, np.ndarray) else "")
-            )
-        if input_tensor.ndim != 4:
-            hint = (
-                "; add the batch dimension with input_tensor.unsqueeze(0)" if input_tensor.ndim == 3 else ""
-            )
-            raise ValueError(
-                f"SESS works on 4-D image batches [B, C, H, W] (it resizes and slides over H and W), got shape "
-                f"{list(input_tensor.shape)}{hint}"
-            )
-        if not input_tensor.is_floating_point():
-            raise TypeError(f"input_tensor must be a floating-point tensor, got {input_tensor.dtype}")
-        if input_tensor.shape[0] == 0:
-            raise ValueError("input_tensor has an empty batch (shape[0] == 0)")
-        x = input_tensor.detach().to(self.device)
-        if x.is_inference():
-            x = x.clone()
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("input_tensor contains NaN or Inf values; check the preprocessing")
-        return x
-
     def _resolve_targets(self, x: torch.Tensor, targets: Any) -> list:
         """One callable per image; None (for all, or for one image) means its top class."""
         batch = x.shape[0]
@@ -430,7 +362,7 @@ class SESS:
             return list(targets)
         with torch.no_grad():
             # the scores in a dict / ModelOutput / tuple output, or what output_adapter selects
-            outputs = self.base_cam._model_scores(self.model(x))
+            outputs = self.base_cam.model_scores(self.model(x))
         if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
             shape = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
             raise ValueError(
@@ -447,7 +379,7 @@ class SESS:
         if not self.use_softmax_scores:
             return outputs
         # the softmax of the scores found in the output (see BaseCAM's output_adapter)
-        return torch.softmax(self.base_cam._model_scores(outputs), dim=-1)
+        return torch.softmax(self.base_cam.model_scores(outputs), dim=-1)
 
     def _patch_scores(self, grid: _PatchGrid, targets: list, batch: int) -> torch.Tensor:
         """``[B, P]`` target scores of every patch, clipped at 0. Input ``j`` is patch
@@ -458,7 +390,7 @@ class SESS:
             return grid.cut(flat // batch, flat % batch)
 
         if not self.use_softmax_scores:  # the targets see the model's output: adapt it as the CAM does
-            targets = self.base_cam._adapt_targets(list(targets))
+            targets = self.base_cam.resolve_targets(None, list(targets))
 
         def targets_for(start: int, stop: int) -> list:
             return [targets[j % batch] for j in range(start, stop)]
@@ -493,23 +425,11 @@ class SESS:
         self, patches: torch.Tensor, targets: list, eigen_smooth: bool, aug_smooth: bool
     ) -> torch.Tensor:
         """The base method's maps of a batch of patches: ``[n, w, w]`` float32 on the device."""
-        base = self.base_cam
-        tensor_path = (
-            isinstance(base, BaseCAM)
-            and not aug_smooth
-            and type(base).__call__ is BaseCAM.__call__
-            and type(base).forward is BaseCAM.forward
-        )
-        if tensor_path:
-            maps = base._per_layer_maps(patches, targets, eigen_smooth)
-            result = base.aggregate_multi_layers(base._split_layers(maps))
-        else:
-            extra = {"aug_smooth": True} if aug_smooth else {}
-            result = base(patches, targets, eigen_smooth=eigen_smooth, **extra)
+        result = self.base_cam.compute(patches, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         result = torch.as_tensor(result).to(device=self.device, dtype=torch.float32)
         if tuple(result.shape) != (patches.shape[0], *patches.shape[-2:]):
             raise ValueError(
-                f"the base method {type(base).__name__} returned maps of shape {list(result.shape)} for "
+                f"the base method {type(self.base_cam).__name__} returned maps of shape {list(result.shape)} for "
                 f"{patches.shape[0]} patches of {patches.shape[-2]}x{patches.shape[-1]}; SESS needs one 2-D map per patch"
             )
         return result
@@ -550,29 +470,35 @@ class SESS:
         return total / counts.clamp_min(1.0)
 
     # -- the whole pipeline ---------------------------------------------------------------------------
-    def forward(
+    def compute(
         self,
         input_tensor: torch.Tensor,
         targets: Optional[List[Callable]] = None,
-        eigen_smooth: bool = False,
         *,
         aug_smooth: bool = False,
-    ) -> np.ndarray:
+        eigen_smooth: bool = False,
+        per_layer: bool = False,
+    ) -> torch.Tensor:
         """Enhanced maps of a batch of images.
 
         Args:
             input_tensor: ``[B, C, H, W]`` float tensor.
             targets: one callable per image, or None (for all images, or as an
                 entry for one image) for the image's top class.
-            eigen_smooth: passed to the base method for every patch.
             aug_smooth: passed to the base method for every patch (test-time
-                augmentation of each patch; not in pytorch-grad-cam's SESS).
+                augmentation of each patch).
+            eigen_smooth: passed to the base method for every patch.
+            per_layer: not supported (the patches' maps are fused into one).
 
         Returns:
-            ``np.float32 [B, H, W]`` maps in [0, 1].
+            float32 maps ``[B, H, W]`` in [0, 1], on the model's device.
         """
+        if per_layer:
+            raise ValueError("SESS fuses its patches' maps into one map per image; call it without per_layer")
         with torch.inference_mode(False):
-            x = self._prepare_input(input_tensor)
+            x = check_input_tensor(
+                input_tensor, self.device, model_float_dtype(self.model), (4,), "SESS (it resizes and slides over H and W)"
+            )
             batch, _, height, width = x.shape
             window = self.window_size if self.window_size is not None else min(height, width)
             step = self.step_size if self.step_size is not None else window
@@ -589,32 +515,8 @@ class SESS:
                 scores = self._patch_scores(grid, targets, batch)
                 fused = self._fuse(grid, self._select(scores), targets, batch, eigen_smooth, aug_smooth)
             if self.smooth:
-                fused = _gaussian_blur(fused)
-            return scale_cam_image(fused).cpu().numpy().astype(np.float32, copy=False)
-
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        eigen_smooth: bool = False,
-        *,
-        aug_smooth: bool = False,
-    ) -> np.ndarray:
-        """Same as :meth:`forward`."""
-        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=aug_smooth)
-
-    # -- lifetime -------------------------------------------------------------------------------------
-    def release(self) -> None:
-        """Remove any hook the base method still holds (hooks only live during a call anyway)."""
-        release = getattr(self.base_cam, "release", None)
-        if release is not None:
-            release()
-
-    def __enter__(self) -> SESS:
-        return self
-
-    def __exit__(self, exc_type, exc_value, exc_tb) -> None:
-        self.release()
+                fused = gaussian_blur(fused, SMOOTH_SIGMA, SMOOTH_KERNEL_SIZE, dims=(1, 2), border="reflect")
+            return scale_cam_image(fused)
 
     def __repr__(self) -> str:
         return (

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
 from camlib.grad_cam import grad_cam_weights
+from camlib.registry import register_method
 
 __all__ = ["ShapleyCAM"]
 
 
+@register_method("shapleycam", title="ShapleyCAM")
 class ShapleyCAM(BaseCAM):
     r"""ShapleyCAM.
 
@@ -42,9 +43,8 @@ class ShapleyCAM(BaseCAM):
         (1, 64, 64)
     """
 
-    def forward_context(self) -> contextlib.AbstractContextManager:
-        # Fused attention kernels have no double backward: use the math kernel.
-        return sdpa_kernel([SDPBackend.MATH])
+    # second derivatives: the capture keeps the gradients' graph and runs attention with the math kernel
+    capabilities = Capabilities(second_order=True)
 
     def compute_gradients(self, loss: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[Optional[torch.Tensor]]:
         leaves = list(leaves)

@@ -6,6 +6,8 @@ import torch
 
 from camlib._ops import broadcast_weights, spatial_dims
 from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.registry import register_method
 
 __all__ = ["XGradCAM", "xgrad_cam_weights"]
 
@@ -17,6 +19,7 @@ def xgrad_cam_weights(activations: torch.Tensor, grads: torch.Tensor, eps: float
     return (grads * activations / (sum_activations + eps)).sum(dim=dims)
 
 
+@register_method("xgradcam", title="XGrad-CAM")
 class XGradCAM(BaseCAM):
     r"""XGrad-CAM.
 
@@ -38,6 +41,8 @@ class XGradCAM(BaseCAM):
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
     """
+
+    capabilities = Capabilities(differentiable=True)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
         return xgrad_cam_weights(activations, grads)

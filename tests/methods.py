@@ -1,32 +1,55 @@
-"""The CAM classes under test, taken from ``camlib.__all__`` so new methods are tested automatically."""
+"""The CAM methods under test, taken from camlib's registry, so a registered method is tested automatically.
+
+Each method is named by its class name (``"GradCAM"``), or by its registry name where two registered
+classes share a class name (``"ablationcam-multilayer"``).
+"""
 
 from __future__ import annotations
 
-import camlib
+from camlib.capabilities import Capabilities
+from camlib.registry import MethodInfo, make_cam, methods
 
-#: Methods that wrap another method instead of subclassing BaseCAM.
-META_METHODS = {"FinerCAM", "RefineCAM"}
-#: Methods that run many extra forward passes: tested with a larger batch_size.
-PERTURBATION_METHODS = {"ScoreCAM", "AblationCAM"}
-#: Methods whose map does not depend on a random draw.
-RANDOM_METHODS = {"RandomCAM"}
+
+def _entries() -> dict[str, MethodInfo]:
+    infos = methods()
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info.cls.__name__] = counts.get(info.cls.__name__, 0) + 1
+    entries = {}
+    for info in infos:
+        first = next(i for i in infos if i.cls.__name__ == info.cls.__name__)
+        key = info.cls.__name__ if counts[info.cls.__name__] == 1 or info is first else info.name
+        entries[key] = info
+    return entries
 
 
 def method_names() -> list[str]:
-    names = []
-    for name in camlib.__all__:
-        obj = getattr(camlib, name)
-        if not isinstance(obj, type) or obj is camlib.BaseCAM:
-            continue
-        if issubclass(obj, camlib.BaseCAM) or name in META_METHODS:
-            names.append(name)
-    return sorted(names)
+    return sorted(_entries())
+
+
+def info(name: str) -> MethodInfo:
+    return _entries()[name]
+
+
+def capabilities(name: str) -> Capabilities:
+    return info(name).capabilities
+
+
+def _names_where(flag: str) -> set[str]:
+    return {name for name, entry in _entries().items() if getattr(entry.capabilities, flag)}
+
+
+#: Methods that wrap another method.
+META_METHODS = _names_where("wraps_method")
+#: Methods that run many extra forward passes: tested with a larger batch_size.
+PERTURBATION_METHODS = _names_where("extra_forwards")
+#: Methods whose map is a random draw.
+RANDOM_METHODS = _names_where("stochastic")
 
 
 def build(name: str, model, layers, **kwargs):
-    cls = getattr(camlib, name)
-    if name == "FullGrad":
-        return cls(model, [], **kwargs)
-    if name in PERTURBATION_METHODS:
+    entry = info(name)
+    if entry.capabilities.extra_forwards:
         kwargs.setdefault("batch_size", 64)
-    return cls(model, layers, **kwargs)
+        kwargs.setdefault("progress", False)
+    return make_cam(entry.name, model, layers, **kwargs)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ARCHS, assert_model_untouched, get_model, make_input, model_snapshot
-from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, method_names
+from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, capabilities, method_names
 
 from camlib.utils.model_targets import ClassifierOutputTarget
 
@@ -46,6 +46,11 @@ def test_method_on_architecture(method, arch):
     targets = [ClassifierOutputTarget((7 * i + 1) % num_classes) for i in range(shape[0])]
     before = model_snapshot(model)
     cam = build(method, model, layers_of(model))
+    if x.ndim == 5 and not capabilities(method).volumetric:
+        with pytest.raises(ValueError, match="4-D"):
+            cam(x, targets)
+        assert_model_untouched(model, before)
+        return
     if _not_applicable(method, arch):
         with pytest.raises(ValueError, match="input features"):
             cam(x, targets)
@@ -73,6 +78,8 @@ def test_batch_equals_single_images(method, arch):
     model = get_model(arch)
     _, layers_of, _, num_classes = ARCHS[arch]
     x = make_input(arch, seed=3)
+    if x.ndim == 5 and not capabilities(method).volumetric:
+        pytest.skip(f"{method} takes 4-D input only (test_method_on_architecture checks the error)")
     targets = [ClassifierOutputTarget(0), ClassifierOutputTarget(2 % num_classes)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,10 +88,14 @@ def test_batch_equals_single_images(method, arch):
     np.testing.assert_allclose(batch, np.stack(single), atol=2e-4)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("FullGrad",)])
+@pytest.mark.parametrize("method", METHODS)
 def test_per_layer_maps(method):
     model = get_model("resnet18")
     x = make_input("resnet18")
+    if not capabilities(method).per_layer:
+        with pytest.raises(ValueError, match="per_layer"):
+            build(method, model, [model.layer3[-1], model.layer4[-1]])(x, per_layer=True)
+        return
     # CAM needs layers that feed the classifier's 512 features; the others compare two resolutions.
     layers = [model.layer4[0], model.layer4[-1]] if method == "CAM" else [model.layer3[-1], model.layer4[-1]]
     with warnings.catch_warnings():
@@ -166,6 +177,8 @@ def test_exception_mid_call_leaves_model_untouched(method, arch, where):
         before = model_snapshot(model)
         cam = build(method, model, ARCHS[arch][1](model))
         x = make_input(arch)
+        if x.ndim == 5 and not capabilities(method).volumetric:
+            pytest.skip(f"{method} takes 4-D input only (test_method_on_architecture checks the error)")
         targets = None
         if where == "target":
             targets = [_raising_target] * x.shape[0]

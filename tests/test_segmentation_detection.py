@@ -221,6 +221,11 @@ def test_every_method_on_faster_rcnn(method):
         return
     if method == "AblationCAM":
         pytest.skip("one detector forward pass per channel: see test_faster_rcnn_ablation_cam_picks_the_fpn_layer")
+    if method == "SESS":  # it ranks patches by their class scores, which a detector does not return
+        with pytest.raises(TypeError, match="list of detections"):
+            build(method, model, layers)(x, targets)
+        assert_model_untouched(model, before)
+        return
     if method == "ShapleyCAM":
         with pytest.raises(RuntimeError, match=r"second derivatives.*GradCAM"):
             build(method, model, layers)(x, targets)

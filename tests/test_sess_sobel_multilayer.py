@@ -14,8 +14,9 @@ from camlib.ablation_cam_multilayer import AblationLayer, replace_layer_recursiv
 from camlib.eigen_cam import EigenCAM
 from camlib.fullgrad_cam import FullGrad
 from camlib.grad_cam import GradCAM
-from camlib.sess import SESS, _gaussian_blur, _linear_resize_matrix, sliding_window, window_starts
+from camlib.sess import SESS, SMOOTH_KERNEL_SIZE, SMOOTH_SIGMA, sliding_window, window_starts
 from camlib.sobel_cam import sobel_cam
+from camlib.utils.image import gaussian_blur, linear_resize_matrix
 from camlib.utils.model_targets import ClassifierOutputTarget
 
 ref = pytest.importorskip("pytorch_grad_cam")
@@ -177,12 +178,14 @@ def test_sess_gaussian_blur_and_resize_match_opencv():
     rng = np.random.default_rng(0)
     for shape in [(32, 40), (4, 5), (1, 7), (3, 3)]:
         image = rng.random(shape, dtype=np.float32)
-        got = _gaussian_blur(torch.from_numpy(image)[None])[0].numpy()
+        got = gaussian_blur(
+            torch.from_numpy(image)[None], SMOOTH_SIGMA, SMOOTH_KERNEL_SIZE, dims=(1, 2), border="reflect"
+        )[0].numpy()
         np.testing.assert_allclose(got, cv2.GaussianBlur(image, (11, 11), 5.0, 0), atol=1e-6)
     for (in_h, in_w), (out_h, out_w) in [((96, 80), (64, 40)), ((41, 50), (32, 39)), ((16, 16), (24, 20))]:
         image = rng.random((in_h, in_w), dtype=np.float32)
-        rows = _linear_resize_matrix(in_h, out_h, torch.device("cpu"))
-        cols = _linear_resize_matrix(in_w, out_w, torch.device("cpu"))
+        rows = linear_resize_matrix(in_h, out_h, torch.device("cpu"))
+        cols = linear_resize_matrix(in_w, out_w, torch.device("cpu"))
         got = (rows @ torch.from_numpy(image) @ cols.T).numpy()
         np.testing.assert_allclose(got, cv2.resize(image, (out_w, out_h)), atol=1e-5)
 

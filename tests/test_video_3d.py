@@ -11,13 +11,15 @@ import pytest
 import torch
 import torchvision
 from conftest import Tiny3D, assert_model_untouched, model_snapshot
-from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, method_names
+from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, capabilities, method_names
 
 import camlib
 from camlib import GradCAM
 from camlib.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
 METHODS = method_names()
+#: Methods that take 5-D input (the others say so with a ValueError, checked in test_methods.py).
+VOLUMETRIC = [m for m in METHODS if capabilities(m).volumetric]
 
 
 @functools.cache
@@ -44,7 +46,7 @@ class VolumeSegmenter(torch.nn.Module):
         return self.decoder(self.encoder(x))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VOLUMETRIC)
 def test_every_method_on_r3d_18(method):
     model = r3d()
     clips = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))  # [B, C, T, H, W]
@@ -66,7 +68,7 @@ def test_every_method_on_r3d_18(method):
     assert_model_untouched(model, before)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", VOLUMETRIC)
 def test_every_method_on_a_volume_segmenter(method):
     model = VolumeSegmenter().eval()
     volume = torch.randn(1, 1, 8, 12, 10, generator=torch.Generator().manual_seed(1))  # anisotropic [D, H, W]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_model_untouched, get_model, make_input, model_snapshot
-from methods import META_METHODS, PERTURBATION_METHODS, RANDOM_METHODS, build, method_names
+from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, capabilities, method_names
 
 import camlib
 from camlib import EigenCAM, GradCAM
@@ -28,10 +28,8 @@ METHODS = method_names()
 
 
 def _explains_target_layers_with_gradients(name: str) -> bool:
-    if name in META_METHODS:  # FinerCAM and RefineCAM wrap gradient methods by default
-        return True
-    cls = getattr(camlib, name)
-    return cls.uses_gradients and not cls.allows_empty_target_layers  # FullGrad picks its own layers
+    caps = capabilities(name)  # wrappers declare their default base method's needs
+    return caps.gradients and not caps.own_layers  # FullGrad picks its own layers
 
 
 GRADIENT_METHODS = [m for m in METHODS if _explains_target_layers_with_gradients(m)]
