@@ -447,3 +447,17 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert len(saved["runs"]) == 4 * len(saved["config"]["seeds"]) >= 8
     assert set(saved["paired_vs_baseline"]) == {"GAIN", "GAIN_ext"}
     assert "python benchmarks/gain.py --quick" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_step_on_cuda_with_masks_and_multi_hot_labels():
+    torch.manual_seed(0)
+    model = Tiny(classes=4).cuda()
+    x = torch.randn(3, 3, 16, 16, device="cuda")
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0, 0]], device="cuda")
+    masks = [torch.rand(16, 16, device="cuda"), None, torch.rand(4, 16, 16, device="cuda")]
+    out = GAIN(model, [model.conv2])(x, labels, masks=masks)
+    assert out.maps.device.type == "cuda" and out.maps.shape == (3, 4, 16, 16)
+    assert all(bool(torch.isfinite(t)) for t in out[3:]) and float(out.loss_e.detach()) > 0
+    out.loss.backward()
+    assert model.conv1.weight.grad is not None and bool(torch.isfinite(model.conv1.weight.grad).all())

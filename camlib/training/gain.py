@@ -368,9 +368,10 @@ class GAIN(nn.Module):
         loss_cl = self._classification_loss(logits, targets_cl, multi_label)
 
         # S_am: erase what each ground-truth map points at, classify again.
-        b_idx, k_idx = torch.nonzero(pair_valid, as_tuple=True)
+        b_cpu, k_cpu = torch.nonzero(pair_valid, as_tuple=True)
+        b_idx, k_idx = b_cpu.to(maps.device), k_cpu.to(maps.device)
         pair_maps = maps[b_idx, k_idx]  # [P, H, W]
-        pair_classes = classes[b_idx, k_idx].to(images.device)
+        pair_classes = classes[b_cpu, k_cpu].to(maps.device)
         if len(b_idx):
             erased = erase(images[b_idx], pair_maps, self.sigma, self.omega)
             logits_am = self.model(erased)
@@ -386,7 +387,7 @@ class GAIN(nn.Module):
 
         # GAIN_ext: maps against the given masks.
         loss_e = loss_cl.new_zeros(())
-        target_masks, mask_ok = _masks_for_pairs(masks, mask_valid, images, logits.shape[1], b_idx, k_idx, classes)
+        target_masks, mask_ok = _masks_for_pairs(masks, mask_valid, images, logits.shape[1], b_cpu, pair_classes)
         if target_masks is not None and bool(mask_ok.any()):
             diff = (pair_maps[mask_ok] - target_masks[mask_ok].to(pair_maps.dtype)) ** 2
             loss_e = diff.flatten(1).mean(dim=1).mean()
@@ -475,8 +476,7 @@ def _masks_for_pairs(
     images: torch.Tensor,
     num_classes: int,
     b_idx: torch.Tensor,
-    k_idx: torch.Tensor,
-    classes: torch.Tensor,
+    pair_classes: torch.Tensor,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The mask of each (image, ground-truth class) pair ``[P, H, W]`` and whether it is usable ``[P]``."""
     if masks is None:
@@ -515,16 +515,17 @@ def _masks_for_pairs(
         raise ValueError(f"masks has shape {list(masks.shape)}; expected {expected}")
     masks = masks.to(images.device)
     masks = masks.float() if not masks.is_floating_point() else masks
+    b_idx = b_idx.to(masks.device)
     if masks.shape[1] == 1:
-        pair_masks = masks[b_idx.to(masks.device), 0]
+        pair_masks = masks[b_idx, 0]
     else:
-        pair_masks = masks[b_idx.to(masks.device), classes[b_idx, k_idx].to(masks.device)]
+        pair_masks = masks[b_idx, pair_classes.to(masks.device)]
     ok = ~torch.isnan(pair_masks).flatten(1).any(dim=1)
     if mask_valid is not None:
         if not isinstance(mask_valid, torch.Tensor) or tuple(mask_valid.shape) != (batch,):
             got = list(mask_valid.shape) if isinstance(mask_valid, torch.Tensor) else type(mask_valid).__name__
             raise ValueError(f"mask_valid must be a bool tensor [B={batch}], got {got}")
-        ok = ok & mask_valid.to(device=ok.device, dtype=torch.bool)[b_idx.to(ok.device)]
+        ok = ok & mask_valid.to(device=ok.device, dtype=torch.bool)[b_idx]
     return torch.nan_to_num(pair_masks, nan=0.0), ok
 
 
