@@ -16,7 +16,7 @@ distribution and 1/6 + (shape it has learned) when shuffled.
 
 Three ways to train the demo CNN (:class:`camlib.demo.DemoNet`, from scratch),
 with the same images, number of steps, optimiser, schedule, augmentation and
-seeds (so the three runs of a seed see the same batches in the same order):
+seeds (so the runs of a seed see the same batches in the same order):
 
 * ``baseline``: cross-entropy only;
 * ``GAIN``: :class:`camlib.training.GAIN` with the paper's sigma=0.5, omega=10,
@@ -278,10 +278,10 @@ def write_report(path: Path, summary: Dict[str, Any], figure: str) -> str:
         "*cue-shuffled* (colour independent of the class, the measure that matters) and with the training "
         "correlation (in distribution).",
         "",
-        f"Three ways to train the same network from scratch, with the same {cfg['train_images']} images "
+        f"Three ways to train the same network from scratch, and a reference, with the same {cfg['train_images']} images "
         f"({cfg['size']}x{cfg['size']}), {summary['steps']} steps of {cfg['batch_size']} images, AdamW "
         f"(one-cycle, peak lr {cfg['lr']:g}), flips and 90-degree rotations, and the same seeds "
-        f"({', '.join(map(str, cfg['seeds']))}): the three runs of a seed see the same batches in the same order.",
+        f"({', '.join(map(str, cfg['seeds']))}): the runs of a seed see the same batches in the same order.",
         "",
         "* **baseline**: cross-entropy only.",
         "* **GAIN**: `GAIN(model, [model.features[-1]])` with the paper's sigma = 0.5, omega = 10, alpha = 1; "
@@ -338,7 +338,7 @@ def write_report(path: Path, summary: Dict[str, Any], figure: str) -> str:
         "```",
         "",
         f"Machine: {summary['machine']['platform']}, {summary['machine']['cpu_count']} CPUs visible, "
-        f"{cfg['threads']} torch threads, Python {summary['machine']['python']}, torch {summary['machine']['torch']}. "
+        f"torch threads: {cfg['threads']}, Python {summary['machine']['python']}, torch {summary['machine']['torch']}. "
         f"Load average at the start {_load(summary['load_start'])}, at the end {_load(summary['machine']['loadavg'])} "
         "(the machine was shared with other jobs, so wall times are upper bounds).",
         f"Wall time: {summary['wall_seconds'] / 60:.1f} minutes in all (data {summary['data_seconds']:.0f} s); "
@@ -370,17 +370,19 @@ def _verdict(summary: Dict[str, Any]) -> List[str]:
     out = []
     for variant in COMPARED:
         diff = summary["paired_vs_baseline"][variant]
-        parts = []
+        clear, unclear = [], []
         for key, name in METRICS:
             d = diff[key]
-            if math.isnan(d["se"]) or d["se"] == 0:
-                word = "changed by"
-            elif abs(d["mean"]) < 2 * d["se"]:
-                word = "did not change clearly (within 2 standard errors):"
+            text = f"{name.lower()} {d['mean']:+.3f} ± {d['se']:.3f}"
+            if math.isnan(d["se"]) or abs(d["mean"]) < 2 * d["se"] or d["mean"] == 0:
+                unclear.append(text)
             else:
-                word = "rose by" if d["mean"] > 0 else "fell by"
-            parts.append(f"{name.lower()} {word} {d['mean']:+.3f}")
-        out.append(f"* **{variant}** vs baseline: " + "; ".join(parts) + ".")
+                clear.append(text)
+        sentence = f"* **{variant}** vs baseline, paired by seed: "
+        sentence += ("clear changes (at least 2 standard errors): " + "; ".join(clear)) if clear else "no clear change"
+        if unclear:
+            sentence += ". Within 2 standard errors of no change: " + "; ".join(unclear)
+        out.append(sentence + ".")
     return out
 
 
@@ -402,7 +404,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     parser.add_argument("--out", type=Path, default=None, help="folder for gain.md, gain.json and images/gain/")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="rewrite the report from a saved gain.json (no training)"
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        summary = json.loads(args.from_json.read_text(encoding="utf-8"))
+        summary["verdict"] = _verdict(summary)
+        doc = (args.out or ROOT / "docs") / "gain.md"
+        figure = (args.out or ROOT / "docs") / "images" / "gain" / "maps.png"
+        print(write_report(doc, summary, os.path.relpath(figure, doc.parent)))
+        return summary
     if args.quick:
         args.seeds, args.size, args.train_images, args.test_images = args.seeds[:2], 32, 64, 48
         args.map_images, args.epochs, args.batch_size = 24, 1, 16
