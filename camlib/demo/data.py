@@ -574,7 +574,7 @@ def load_sample_image() -> np.ndarray:
     return (cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
 
 
-def _save_sample(path, size: int = 128) -> None:
+def save_sample(path, size: int = 128) -> None:
     """Write the sample image as an 8-bit PNG at ``path``."""
     img = _to_uint8(make_sample(size)[0])
     if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):

@@ -43,9 +43,9 @@ from camlib.demo.data import (
     CLASS_NAMES,
     SAMPLE_CLASSES,
     SAMPLE_SEED,
-    _save_sample,
     make_batch,
     make_sample,
+    save_sample,
 )
 from camlib.demo.model import CARD_FILE, DEMO_MEAN, DEMO_STD, WEIGHTS_FILE, DemoNet, demo_preprocess
 
@@ -252,7 +252,7 @@ def _train(
     }
     weights_path = out_dir / WEIGHTS_FILE
     torch.save(state, weights_path)
-    _save_sample(out_dir / "sample.png", size)
+    save_sample(out_dir / "sample.png", size)
     sample_logits = predict(model, (np.round(make_sample(size)[0] * 255)).astype(np.uint8)[None])[0]
 
     card: Dict[str, Any] = {

@@ -24,7 +24,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from camlib.metrics.perturbation_confidence import _as_cam_tensor, _check_metric_inputs, _to_numpy
+from camlib.metrics.perturbation_confidence import as_cam_tensor, check_metric_inputs, to_numpy
 from camlib.metrics.road import ROADCombined
 
 __all__ = ["ARCC", "Coherency", "Complexity", "batch_pearson_coherency"]
@@ -75,8 +75,8 @@ def batch_pearson_coherency(A: ArrayOrTensor, B: ArrayOrTensor) -> ArrayOrTensor
             .numpy()
             .astype(dtype)
         )
-    a = _as_cam_tensor(A, "A")
-    b = _as_cam_tensor(B, "B").to(a.device)
+    a = as_cam_tensor(A, "A")
+    b = as_cam_tensor(B, "B").to(a.device)
     return _pearson(a, b).float()
 
 
@@ -96,11 +96,11 @@ class Complexity:
     """
 
     def __call__(self, grayscale_cams: ArrayOrTensor) -> ArrayOrTensor:
-        cams = _as_cam_tensor(grayscale_cams, "grayscale_cams")
+        cams = as_cam_tensor(grayscale_cams, "grayscale_cams")
         if cams.ndim < 2 or cams[0].numel() == 0:
             raise ValueError(f"grayscale_cams must be [B, H, W] maps, got shape {list(cams.shape)}")
         scores = cams.reshape(cams.shape[0], -1).abs().mean(dim=1)
-        return _to_numpy(scores) if isinstance(grayscale_cams, np.ndarray) else scores
+        return to_numpy(scores) if isinstance(grayscale_cams, np.ndarray) else scores
 
 
 class Coherency:
@@ -130,17 +130,17 @@ class Coherency:
                 f"base_method must be the CAM object that produced the maps (e.g. GradCAM(model, layers)), "
                 f"got {type(base_method).__name__}"
             )
-        x, cams, _, _ = _check_metric_inputs(
+        x, cams, _, _ = check_metric_inputs(
             input_tensor, grayscale_cams, targets, model, allow_no_targets=True
         )
         masked = x * cams[:, None]
-        masked_cams = _as_cam_tensor(base_method(input_tensor=masked, targets=targets), "the CAM's output")
+        masked_cams = as_cam_tensor(base_method(input_tensor=masked, targets=targets), "the CAM's output")
         if masked_cams.shape != cams.shape:
             raise ValueError(
                 f"base_method returned maps of shape {list(masked_cams.shape)}, expected {list(cams.shape)}"
             )
         rho = _pearson(masked_cams.to(cams.device), cams)
-        return _to_numpy((rho + 1) / 2)
+        return to_numpy((rho + 1) / 2)
 
 
 class ARCC:
@@ -186,14 +186,14 @@ class ARCC:
         model: torch.nn.Module,
     ) -> np.ndarray:
         """ARCC per image: ``np.float32 [B]``."""
-        complexity = self.complexity(_as_cam_tensor(grayscale_cams)).double().cpu()
+        complexity = self.complexity(as_cam_tensor(grayscale_cams)).double().cpu()
         coherency = torch.from_numpy(
             self.coherency(input_tensor, grayscale_cams, targets, model, self.base_method)
         )
         road = torch.from_numpy(self.road(input_tensor, grayscale_cams, targets, model)).double()
         road = (road * 2).clamp(0, 1)
         terms = 1 / (coherency.double() + _EPS) + 1 / ((1 - complexity) + _EPS) + 1 / (road + _EPS)
-        return _to_numpy(3 / terms)
+        return to_numpy(3 / terms)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_method={self.base_method!r}, road_percentiles={self.road.percentiles})"

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from camlib.metrics._scoring import ScoreFn, check_unit_maps, resolve_score_fn, scoring_model
-from camlib.metrics.perturbation_confidence import _check_batch_size, _check_metric_inputs, _to_numpy
+from camlib.metrics.perturbation_confidence import check_batch_size, check_metric_inputs, to_numpy
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.model_state import eval_mode
 
@@ -78,9 +78,9 @@ def explanation_map_scores(
     Returns:
         ``(Y, O)``: float32 ``[B]`` tensors on the model's device.
     """
-    x, cam_tensor, targets, _ = _check_metric_inputs(input_tensor, cams, targets, model)
+    x, cam_tensor, targets, _ = check_metric_inputs(input_tensor, cams, targets, model)
     cam_tensor = check_unit_maps(cam_tensor)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     scored = scoring_model(model, resolve_score_fn(score_fn))
     batch = x.shape[0]
     spatial = (1,) * (x.ndim - 2)
@@ -103,7 +103,7 @@ class _ExplanationMapMetric:
     def __init__(self, *, score_fn: ScoreFn = "softmax", batch_size: int = 32, progress: Optional[bool] = None) -> None:
         resolve_score_fn(score_fn)  # check early
         self.score_fn = score_fn
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         self.progress = progress
 
     def _scores(self, input_tensor, cams, targets, model) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +171,7 @@ class AverageDrop(_ExplanationMapMetric):
             )
         positive = original > 0
         ratio = torch.relu(original - masked) / torch.where(positive, original, torch.ones_like(original))
-        return _to_numpy(torch.where(positive, 100.0 * ratio, torch.zeros_like(ratio)))
+        return to_numpy(torch.where(positive, 100.0 * ratio, torch.zeros_like(ratio)))
 
 
 class ConfidenceIncrease(_ExplanationMapMetric):
@@ -210,4 +210,4 @@ class ConfidenceIncrease(_ExplanationMapMetric):
     ) -> np.ndarray:
         """100 where the score rose, else 0, per image: ``np.float32 [B]``."""
         original, masked = self._scores(input_tensor, cams, targets, model)
-        return _to_numpy(100.0 * (masked > original).float())
+        return to_numpy(100.0 * (masked > original).float())

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from camlib.metrics._scoring import ScoreFn, resolve_score_fn, scoring_model
-from camlib.metrics.perturbation_confidence import _check_batch_size, _check_metric_inputs, _to_numpy
+from camlib.metrics.perturbation_confidence import check_batch_size, check_metric_inputs, to_numpy
 from camlib.utils import image
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.model_state import eval_mode
@@ -186,7 +186,7 @@ class _PixelOrderCurve:
         self.substrate = _check_substrate(self.default_substrate if substrate is None else substrate)
         resolve_score_fn(score_fn)
         self.score_fn = score_fn
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         self.progress = progress
 
     def counts(self, num_pixels: int) -> List[int]:
@@ -214,7 +214,7 @@ class _PixelOrderCurve:
         Returns:
             ``np.float32 [B]`` areas, or a :class:`CurveResult`.
         """
-        x, cam_tensor, targets, device = _check_metric_inputs(input_tensor, cams, targets, model)
+        x, cam_tensor, targets, device = check_metric_inputs(input_tensor, cams, targets, model)
         batch = x.shape[0]
         spatial = tuple(x.shape[2:])
         substrate = _make_substrate(self.substrate, x)
@@ -242,8 +242,8 @@ class _PixelOrderCurve:
         fractions = count_tensor.to(scores.device, torch.float64) / ranks.shape[1]
         auc = torch.trapezoid(scores.double(), fractions, dim=1)
         if return_curves:
-            return CurveResult(_to_numpy(auc), _to_numpy(scores), _to_numpy(fractions))
-        return _to_numpy(auc)
+            return CurveResult(to_numpy(auc), to_numpy(scores), to_numpy(fractions))
+        return to_numpy(auc)
 
     def __repr__(self) -> str:
         size = f"step_size={self.step_size}" if self.step_size is not None else f"steps={self.steps}"

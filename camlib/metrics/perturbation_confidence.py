@@ -55,7 +55,7 @@ ArrayOrTensor = Union[np.ndarray, torch.Tensor]
 # -- input checks -----------------------------------------------------------------
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
@@ -69,7 +69,7 @@ def _device_of(model: Any, fallback: torch.device) -> torch.device:
     return fallback
 
 
-def _as_cam_tensor(cams: Any, name: str = "cams") -> torch.Tensor:
+def as_cam_tensor(cams: Any, name: str = "cams") -> torch.Tensor:
     if isinstance(cams, np.ndarray):
         if not np.issubdtype(cams.dtype, np.number) or np.issubdtype(cams.dtype, np.complexfloating):
             raise TypeError(f"{name} must hold real numbers, got a numpy array of dtype {cams.dtype}")
@@ -84,7 +84,7 @@ def _as_cam_tensor(cams: Any, name: str = "cams") -> torch.Tensor:
     )
 
 
-def _check_metric_inputs(
+def check_metric_inputs(
     input_tensor: Any, cams: Any, targets: Any, model: Any, allow_no_targets: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[list], torch.device]:
     """Validate a metric call; return the input and maps on the model's device."""
@@ -101,7 +101,7 @@ def _check_metric_inputs(
     batch = input_tensor.shape[0]
     if batch == 0:
         raise ValueError("input_tensor has an empty batch (shape[0] == 0)")
-    cam_tensor = _as_cam_tensor(cams)
+    cam_tensor = as_cam_tensor(cams)
     expected = (batch, *input_tensor.shape[2:])
     if tuple(cam_tensor.shape) != expected:
         raise ValueError(
@@ -290,7 +290,7 @@ def _perturbed_scores(
     return scores.reshape(len(perturbations), batch), inputs
 
 
-def _to_numpy(scores: torch.Tensor) -> np.ndarray:
+def to_numpy(scores: torch.Tensor) -> np.ndarray:
     return scores.detach().float().cpu().numpy().astype(np.float32, copy=False)
 
 
@@ -336,7 +336,7 @@ class PerturbationConfidenceMetric:
                 f"perturbation must be a callable (image, cam) -> perturbed image, got {type(perturbation).__name__}"
             )
         self.perturbation = perturbation
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         self.progress = progress
 
     def __call__(
@@ -363,7 +363,7 @@ class PerturbationConfidenceMetric:
             ``np.float32 [B]`` scores, and with ``return_visualization`` the
             perturbed images ``[B, C, H, W]`` on ``input_tensor``'s device.
         """
-        x, cam_tensor, targets, _ = _check_metric_inputs(input_tensor, cams, targets, model)
+        x, cam_tensor, targets, _ = check_metric_inputs(input_tensor, cams, targets, model)
         with eval_mode(model):
             scores, perturbed = _perturbed_scores(
                 model,
@@ -380,8 +380,8 @@ class PerturbationConfidenceMetric:
             if return_diff:
                 result = result - _clean_scores(model, x, targets, self.batch_size)
         if return_visualization:
-            return _to_numpy(result), perturbed.to(input_tensor.device)
-        return _to_numpy(result)
+            return to_numpy(result), perturbed.to(input_tensor.device)
+        return to_numpy(result)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(perturbation={self.perturbation!r})"
@@ -440,7 +440,7 @@ class RemoveMostRelevantFirst:
         """Perturb one image ``[C, H, W]`` with its map ``[H, W]``, or a batch ``[N, C, *S]`` with maps ``[N, *S]``."""
         if not isinstance(input_tensor, torch.Tensor):
             raise TypeError(f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}")
-        cams = _as_cam_tensor(mask, "mask").to(input_tensor.device)
+        cams = as_cam_tensor(mask, "mask").to(input_tensor.device)
         single = input_tensor.ndim == 3 and cams.ndim == 2
         images, cams = (input_tensor[None], cams[None]) if single else (input_tensor, cams)
         if images.ndim < 3 or tuple(cams.shape) != (images.shape[0], *images.shape[2:]):
@@ -477,7 +477,7 @@ class RemoveLeastRelevantFirst(RemoveMostRelevantFirst):
         return 1 - mask
 
 
-def _check_percentiles(percentiles: Any) -> tuple:
+def check_percentiles(percentiles: Any) -> tuple:
     if percentiles is None:
         return DEFAULT_PERCENTILES
     if isinstance(percentiles, (str, bytes)) or not isinstance(percentiles, Sequence):
@@ -518,8 +518,8 @@ class AveragerAcrossThresholds:
         if not callable(imputer):
             raise TypeError(f"imputer must be a factory percentile -> metric, got {type(imputer).__name__}")
         self.imputer = imputer
-        self.percentiles = list(_check_percentiles(percentiles))
-        self.batch_size = _check_batch_size(batch_size)
+        self.percentiles = list(check_percentiles(percentiles))
+        self.batch_size = check_batch_size(batch_size)
         self.progress = progress
 
     def _metrics(self) -> list:
@@ -533,7 +533,7 @@ class AveragerAcrossThresholds:
         model: torch.nn.Module,
     ) -> np.ndarray:
         """Mean score change over the percentiles: ``np.float32 [B]``."""
-        scores = _stacked_scores(
+        scores = stacked_scores(
             self._metrics(),
             input_tensor,
             cams,
@@ -543,13 +543,13 @@ class AveragerAcrossThresholds:
             self.progress,
             type(self).__name__,
         )
-        return _to_numpy(scores.mean(dim=0))
+        return to_numpy(scores.mean(dim=0))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(imputer={self.imputer!r}, percentiles={self.percentiles})"
 
 
-def _stacked_scores(
+def stacked_scores(
     metrics: Sequence[Callable],
     input_tensor: torch.Tensor,
     cams: ArrayOrTensor,
@@ -566,7 +566,7 @@ def _stacked_scores(
     one chunked loop over all their perturbed images and one pass over the
     unperturbed images; any other metric is called in turn.
     """
-    x, cam_tensor, targets, device = _check_metric_inputs(input_tensor, cams, targets, model)
+    x, cam_tensor, targets, device = check_metric_inputs(input_tensor, cams, targets, model)
     fusable = all(
         isinstance(m, PerturbationConfidenceMetric)
         and type(m).__call__ is PerturbationConfidenceMetric.__call__

@@ -32,7 +32,7 @@ from typing import Any, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from camlib.metrics.perturbation_confidence import _as_cam_tensor, _to_numpy
+from camlib.metrics.perturbation_confidence import as_cam_tensor, to_numpy
 
 __all__ = ["EnergyPointingGame", "PointingGame", "boxes_to_masks"]
 
@@ -84,7 +84,7 @@ def boxes_to_masks(boxes: Sequence[Any], size: Tuple[int, int]) -> torch.Tensor:
 
 
 def _check_maps_and_regions(cams: Any, masks: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-    maps = _as_cam_tensor(cams)
+    maps = as_cam_tensor(cams)
     if maps.ndim < 2:
         raise ValueError(f"cams must be a batch of maps [B, *spatial], got shape {list(maps.shape)}")
     if maps.shape[0] == 0 or maps[0].numel() == 0:
@@ -148,7 +148,7 @@ class PointingGame:
     @staticmethod
     def points(cams: ArrayOrTensor) -> np.ndarray:
         """The point of each map: ``int64 [B, ndim]`` coordinates (row, column, ...) of its first maximum."""
-        maps = _as_cam_tensor(cams)
+        maps = as_cam_tensor(cams)
         flat = maps.reshape(maps.shape[0], -1).argmax(dim=1)
         coords = torch.stack(torch.unravel_index(flat, tuple(maps.shape[1:])), dim=1)
         return coords.cpu().numpy()
@@ -167,7 +167,7 @@ class PointingGame:
         near = distance2 <= self.tolerance**2 + 1e-9
         hit = (near & region.reshape(region.shape[0], -1)).any(dim=1)
         constant = flat.amax(dim=1) == flat.amin(dim=1)
-        return _to_numpy((hit & ~constant).float())
+        return to_numpy((hit & ~constant).float())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(tolerance={self.tolerance:g})"
@@ -205,7 +205,7 @@ class EnergyPointingGame:
         inside = (flat * region.reshape(region.shape[0], -1)).sum(dim=1)
         total = flat.sum(dim=1)
         share = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
-        return _to_numpy(share)
+        return to_numpy(share)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

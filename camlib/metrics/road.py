@@ -62,10 +62,10 @@ from camlib.metrics.perturbation_confidence import (
     PerturbationConfidenceMetric,
     RemoveLeastRelevantFirst,
     RemoveMostRelevantFirst,
-    _check_batch_size,
-    _check_percentiles,
-    _stacked_scores,
-    _to_numpy,
+    check_batch_size,
+    check_percentiles,
+    stacked_scores,
+    to_numpy,
 )
 
 __all__ = [
@@ -381,8 +381,8 @@ class ROADCombined:
         batch_size: int = 32,
         progress: Optional[bool] = None,
     ) -> None:
-        self.percentiles = list(_check_percentiles(percentiles))
-        self.batch_size = _check_batch_size(batch_size)
+        self.percentiles = list(check_percentiles(percentiles))
+        self.batch_size = check_batch_size(batch_size)
         self.progress = progress
         options = dict(imputer=imputer, batch_size=batch_size, progress=progress)
         self.morf_averager = ROADMostRelevantFirstAverage(self.percentiles, **options)
@@ -398,7 +398,7 @@ class ROADCombined:
         """``(LeRF - MoRF) / 2`` per image: ``np.float32 [B]``."""
         lerf = self.lerf_averager._metrics()
         morf = self.morf_averager._metrics()
-        scores = _stacked_scores(
+        scores = stacked_scores(
             lerf + morf,
             input_tensor,
             cams,
@@ -408,7 +408,7 @@ class ROADCombined:
             self.progress,
             type(self).__name__,
         )
-        return _to_numpy((scores[: len(lerf)].mean(dim=0) - scores[len(lerf) :].mean(dim=0)) / 2)
+        return to_numpy((scores[: len(lerf)].mean(dim=0) - scores[len(lerf) :].mean(dim=0)) / 2)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(percentiles={self.percentiles})"

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from camlib.metrics.perturbation_confidence import _as_cam_tensor, _to_numpy
+from camlib.metrics.perturbation_confidence import as_cam_tensor, to_numpy
 from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_bar
@@ -79,7 +79,7 @@ def spearman_correlation(a: ArrayOrTensor, b: ArrayOrTensor) -> ArrayOrTensor:
         >>> spearman_correlation(a, b)
         tensor([1.0000, 0.2582])
     """
-    left, right = _as_cam_tensor(a, "a"), _as_cam_tensor(b, "b")
+    left, right = as_cam_tensor(a, "a"), as_cam_tensor(b, "b")
     if left.shape[0] != right.shape[0] or left[0].numel() != right[0].numel():
         raise ValueError(
             f"a and b must hold the same number of maps of the same size, got {list(left.shape)} and {list(right.shape)}"
@@ -96,7 +96,7 @@ def spearman_correlation(a: ArrayOrTensor, b: ArrayOrTensor) -> ArrayOrTensor:
     rho = torch.where(scale > 0, covariance / torch.where(scale > 0, scale, torch.ones_like(scale)), torch.zeros_like(scale))
     rho = rho.clamp(-1.0, 1.0).float()
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return _to_numpy(rho)
+        return to_numpy(rho)
     return rho
 
 
@@ -302,7 +302,7 @@ class ModelParameterRandomisation:
             release = getattr(cam, "release", None)
             if callable(release):
                 release()
-        maps = _as_cam_tensor(maps, "the explainer's output")
+        maps = as_cam_tensor(maps, "the explainer's output")
         if maps.shape[0] != input_tensor.shape[0]:
             raise ValueError(
                 f"the explainer returned {maps.shape[0]} maps for {input_tensor.shape[0]} images; it must return "
@@ -392,9 +392,9 @@ class ModelParameterRandomisation:
         return RandomisationResult(
             mode=self.mode,
             layers=tuple(steps),
-            correlations=_to_numpy(torch.stack(correlations)),
-            original=_to_numpy(original),
-            randomised=_to_numpy(torch.stack(kept)) if self.return_maps else None,
+            correlations=to_numpy(torch.stack(correlations)),
+            original=to_numpy(original),
+            randomised=to_numpy(torch.stack(kept)) if self.return_maps else None,
         )
 
     def __repr__(self) -> str:
