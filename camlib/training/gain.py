@@ -47,17 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlib.grad_cam import GradCAM
-from camlib.training._interim_gradcam import InterimGradCAM
+from camlib.registry import methods
+from camlib.utils.model_state import eval_mode
 
 __all__ = ["GAIN", "GAINOutput", "erase", "soft_mask"]
 
 MasksLike = Union[None, torch.Tensor, Sequence[Optional[torch.Tensor]]]
-
-#: Methods whose maps are differentiable (used in error messages until the core registry lands).
-_DIFFERENTIABLE = (
-    "GradCAM", "HiResCAM", "GradCAMElementWise", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "CAM",
-)
-
 
 class GAINOutput(NamedTuple):
     """What one :class:`GAIN` step returns; every loss is a scalar tensor.
@@ -251,12 +246,13 @@ class GAIN(nn.Module):
         if not isinstance(method, type):
             raise TypeError(
                 f"method must be a CAM class (e.g. camlib.GradCAM), got {type(method).__name__}; "
-                f"methods with differentiable maps: {', '.join(_DIFFERENTIABLE)}"
+                f"methods with differentiable maps: {_differentiable_names()}"
             )
-        if not _is_differentiable(method):
+        capabilities = getattr(method, "capabilities", None)
+        if not getattr(capabilities, "differentiable", False):
             raise TypeError(
                 f"{method.__name__} has no differentiable maps, so GAIN cannot train on them; "
-                f"use one of {', '.join(_DIFFERENTIABLE)}"
+                f"use one of {_differentiable_names()}"
             )
         if am_score not in ("probability", "logit"):
             raise ValueError(f"am_score must be 'probability' or 'logit', got {am_score!r}")
@@ -273,7 +269,7 @@ class GAIN(nn.Module):
         # A plain attribute, not a submodule: the CAM object holds no parameters and
         # registers its hooks only for the duration of a call.
         self._target_layers = target_layers
-        self._cam = _make_cam(method, model, target_layers)
+        self._cam = method(model, target_layers)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     # -- public -------------------------------------------------------------------
@@ -350,12 +346,18 @@ class GAIN(nn.Module):
         maps = self._cam.differentiable_maps(images, targets if multi_label else [t[0] for t in targets])
         if maps.ndim == 3:
             maps = maps[:, None]
-        if not maps.requires_grad:
-            raise ValueError(
-                f"the maps of target layers {[_short(layer) for layer in self._target_layers]} do not depend on "
-                "the model's parameters: the target layers do not affect the output. Pick a layer the "
-                "classifier reads, e.g. the last convolutional block"
-            )
+        if not maps.requires_grad or not bool(maps.detach().amax() > 0):
+            # All maps blank: tell a layer the output does not read (an error) from a blank batch.
+            unread = [
+                layer for layer, ok in zip(self._target_layers, _layers_reach_output(self.model, self._target_layers, images))
+                if not ok
+            ]
+            if unread or not maps.requires_grad:
+                raise ValueError(
+                    f"target layer(s) {[_short(layer) for layer in unread or self._target_layers]} do not affect "
+                    "the model's output (no gradient path from the logits), so their maps cannot train it; "
+                    "pick a layer the classifier reads, e.g. the last convolutional block"
+                )
         if all(s is not None for s in seen):
             logits = torch.stack(seen)
         else:  # the CAM scored the batch without calling our targets per image
@@ -529,21 +531,35 @@ def _masks_for_pairs(
     return torch.nan_to_num(pair_masks, nan=0.0), ok
 
 
-def _is_differentiable(method: type) -> bool:
-    capabilities = getattr(method, "capabilities", None)
-    if capabilities is not None and hasattr(capabilities, "differentiable"):
-        return bool(capabilities.differentiable)
-    return method.__name__ in _DIFFERENTIABLE
+def _differentiable_names() -> str:
+    return ", ".join(sorted(m.cls.__name__ for m in methods() if m.capabilities.differentiable))
 
 
-def _make_cam(method: type, model: nn.Module, target_layers: List[nn.Module]) -> Any:
-    cam = method(model, target_layers)
-    if hasattr(cam, "differentiable_maps"):
-        return cam
-    # Interim, until BaseCAM.differentiable_maps is on main: Grad-CAM only.
-    if method is not GradCAM:
-        raise TypeError(f"{method.__name__} has no differentiable_maps in this camlib build; use GradCAM")
-    return InterimGradCAM(model, target_layers)
+def _layers_reach_output(model: nn.Module, layers: List[nn.Module], images: torch.Tensor) -> List[bool]:
+    """Whether each layer's output has a gradient path to the model's output (a diagnostic forward
+    pass on one image, in eval mode, hooks removed in ``finally``)."""
+    outputs: dict = {}
+
+    def keep(module, args, output):
+        if isinstance(output, torch.Tensor):
+            outputs[module] = output
+
+    handles = [layer.register_forward_hook(keep) for layer in layers]
+    try:
+        with torch.enable_grad(), eval_mode(model):  # eval: no batch-norm statistics updated by the check
+            logits = model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    reach = []
+    for layer in layers:
+        act = outputs.get(layer)
+        if act is None or not act.requires_grad or not logits.requires_grad:
+            reach.append(act is not None and not act.requires_grad)  # a tensor without a graph: cannot tell
+            continue
+        (grad,) = torch.autograd.grad(logits.sum(), [act], allow_unused=True, retain_graph=True)
+        reach.append(grad is not None)
+    return reach
 
 
 def _short(layer: nn.Module) -> str:
