@@ -15,6 +15,7 @@ from torch import nn
 
 from camlib import EigenCAM, GradCAM, ScoreCAM
 from camlib.demo.data import CUE_COLOURS, NUM_CLASSES, make_cue_batch, make_cue_image, make_image
+from camlib.registry import methods
 from camlib.training import GAIN, GAINOutput, erase, soft_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -461,3 +462,17 @@ def test_a_step_on_cuda_with_masks_and_multi_hot_labels():
     assert all(bool(torch.isfinite(t)) for t in out[3:]) and float(out.loss_e.detach()) > 0
     out.loss.backward()
     assert model.conv1.weight.grad is not None and bool(torch.isfinite(model.conv1.weight.grad).all())
+
+
+@pytest.mark.parametrize(
+    "method", [m.cls for m in methods() if m.capabilities.differentiable], ids=lambda cls: cls.__name__
+)
+def test_every_method_with_differentiable_maps_trains(method):
+    torch.manual_seed(0)
+    model = Tiny(bn=False)
+    x, y = _batch()
+    out = GAIN(model, [model.conv2], method=method)(x, y, masks=torch.rand(4, 16, 16))
+    assert all(bool(torch.isfinite(t)) for t in out[3:]) and out.maps.shape == (4, 16, 16)
+    out.loss.backward()
+    assert float(model.conv1.weight.grad.abs().sum()) > 0
+    assert _hooks(model) == 0
