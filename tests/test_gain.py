@@ -290,6 +290,11 @@ def test_warmup_trains_the_classifier_only_and_counts_training_steps(tiny):
     out = gain(x, y)
     assert out.maps is not None and float(out.loss_am) > 0 and int(gain.steps) == 3
     assert "steps" in gain.state_dict()
+    # Masks are checked during warm-up too, and a failed call is not counted as a step.
+    fresh = GAIN(tiny, [tiny.conv2], warmup_steps=5)
+    with pytest.raises(ValueError, match="masks has shape"):
+        fresh(x, y, masks=torch.rand(4, 8, 8))
+    assert int(fresh.steps) == 0
 
 
 def test_under_no_grad_the_outputs_are_detached(tiny):

@@ -306,22 +306,16 @@ class GAIN(nn.Module):
                 f"labels must be a tensor (class indices [B] or multi-hot [B, K]), got {type(labels).__name__}; "
                 "convert with torch.as_tensor(labels)"
             )
-        training = self.model.training
-        counting = training and torch.is_grad_enabled()
-        warming = counting and int(self.steps) < self.warmup_steps
+        counting = self.model.training and torch.is_grad_enabled()
+        if counting and int(self.steps) < self.warmup_steps:
+            out = self._warmup_step(images, labels, masks, mask_valid)
+        else:
+            with torch.enable_grad():
+                out = self._full_step(images, labels, masks, mask_valid)
+            if not torch.is_grad_enabled():
+                out = GAINOutput(*(None if t is None else t.detach() for t in out))
         if counting:
             self.steps += 1
-        if warming:
-            logits = self.model(images)
-            targets, multi_label = self._check_labels(labels, logits, images.shape[0])
-            loss_cl = self._classification_loss(logits, targets, multi_label)
-            zero = loss_cl.new_zeros(())
-            return GAINOutput(loss_cl, logits, None, loss_cl, zero, zero)
-
-        with torch.enable_grad():
-            out = self._full_step(images, labels, masks, mask_valid)
-        if not torch.is_grad_enabled():
-            out = GAINOutput(*(None if t is None else t.detach() for t in out))
         return out
 
     def extra_repr(self) -> str:
@@ -331,6 +325,23 @@ class GAIN(nn.Module):
         )
 
     # -- the two streams ------------------------------------------------------------
+    def _warmup_step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        masks: MasksLike,
+        mask_valid: Optional[torch.Tensor],
+    ) -> GAINOutput:
+        """Classification only; the masks are checked all the same, so a mistake shows at the first step."""
+        logits = self.model(images)
+        targets, multi_label = self._check_labels(labels, logits, images.shape[0])
+        classes, pair_valid, _ = _ground_truth(labels, images.shape[0], logits.shape[1])
+        b_cpu, k_cpu = torch.nonzero(pair_valid, as_tuple=True)
+        _masks_for_pairs(masks, mask_valid, images, logits.shape[1], b_cpu, classes[b_cpu, k_cpu])
+        loss_cl = self._classification_loss(logits, targets, multi_label)
+        zero = loss_cl.new_zeros(())
+        return GAINOutput(loss_cl, logits, None, loss_cl, zero, zero)
+
     def _full_step(
         self,
         images: torch.Tensor,
