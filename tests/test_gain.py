@@ -481,3 +481,15 @@ def test_every_method_with_differentiable_maps_trains(method):
     out.loss.backward()
     assert float(model.conv1.weight.grad.abs().sum()) > 0
     assert _hooks(model) == 0
+
+
+def test_public_names():
+    import camlib.demo.data
+    import camlib.training
+    import camlib.training.gain
+
+    assert set(camlib.training.__all__) == {"GAIN", "GAINOutput", "erase", "soft_mask"}
+    assert set(camlib.training.gain.__all__) == set(camlib.training.__all__)
+    assert {"CUE_COLOURS", "make_cue_batch", "make_cue_image"} <= set(camlib.demo.data.__all__)
+    for name in camlib.training.__all__:
+        assert getattr(camlib.training, name) is getattr(camlib.training.gain, name)
