@@ -101,6 +101,36 @@ ARCHS = {
 
 
 @functools.cache
+class OptionalModule:
+    """An optional package (an oracle such as grad-cam, or timm/transformers), imported on first use.
+
+    A test that uses it skips at that point when the package is missing, so only the assertions that
+    need it skip, never a whole file of camlib's own tests.
+    """
+
+    def __init__(self, name: str, reason: str = "") -> None:
+        self._name = name
+        self._reason = reason or f"needs the optional package {name!r} (in the test extra)"
+
+    @property
+    def __name__(self) -> str:
+        return self._name
+
+    def load(self):
+        """The module itself (skips the calling test when it is missing)."""
+        return pytest.importorskip(self._name, reason=self._reason)
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self.load(), attr)
+
+
+def optional(name: str, reason: str = "") -> OptionalModule:
+    """``pytest.importorskip`` deferred to the first attribute access, inside a test."""
+    return OptionalModule(name, reason)
+
+
 def get_model(name: str) -> torch.nn.Module:
     """Build (once per session) the model called ``name`` in ARCHS."""
     return ARCHS[name][0]()

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot
+from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot, optional
 
 from camlib.ablation_cam import AblationCAM, split_after_layer
 from camlib.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from camlib.base_cam import BaseCAM
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-ref = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam import ablation_layer as ref_layers  # noqa: E402
-from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform  # noqa: E402
+ref = optional("pytorch_grad_cam")
+ref_layers = optional("pytorch_grad_cam.ablation_layer")
+ref_reshapes = optional("pytorch_grad_cam.utils.reshape_transforms")
 
 
 def _resnet18() -> torch.nn.Module:
@@ -112,7 +112,7 @@ def test_parity_vit_tokens():
         [model.encoder.layers[-1]],
         x,
         (1, 4),
-        reshape_transform=functools.partial(vit_reshape_transform, height=4, width=4),
+        reshape_transform=functools.partial(ref_reshapes.vit_reshape_transform, height=4, width=4),
         ablation_layer=ref_layers.AblationLayerVit(),
     )
     ours, paths = _ours(model, [model.encoder.layers[-1]], x, (1, 4))

@@ -10,13 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import optional
 from torch import nn
 
 from camlib.fullgrad_cam import FullGrad, effective_bias, fullgrad_map, has_spatial_bias
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget as RefTarget  # noqa: E402
+pytorch_grad_cam = optional("pytorch_grad_cam")
+ref_targets = optional("pytorch_grad_cam.utils.model_targets")
 
 TOL = 1e-4
 
@@ -62,7 +63,7 @@ def arch(request):
     reference = {}
     ref_cam = pytorch_grad_cam.FullGrad(copy.deepcopy(model), [])
     for eigen in (False, True):
-        reference[eigen] = ref_cam(x, [RefTarget(c) for c in classes], eigen_smooth=eigen)
+        reference[eigen] = ref_cam(x, [ref_targets.ClassifierOutputTarget(c) for c in classes], eigen_smooth=eigen)
     return model, x, classes, reference
 
 

@@ -11,12 +11,12 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot
+from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot, optional
 
 from camlib import EigenCAM, GradCAM
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-ref = pytest.importorskip("pytorch_grad_cam")
+ref = optional("pytorch_grad_cam")
 
 
 class InPlaceAfterTarget(torch.nn.Module):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import ARCHS, assert_model_untouched, get_model, make_input, model_snapshot
 from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, capabilities, method_names
 
+from camlib.capabilities import Capabilities
+from camlib.demo import CLASS_NAMES, demo_preprocess, demo_target_layers, load_demo_model, make_sample
 from camlib.utils.model_targets import ClassifierOutputTarget
 
 METHODS = method_names()
@@ -25,7 +28,7 @@ def test_every_method_is_collected():
     expected = {
         "GradCAM", "HiResCAM", "GradCAMElementWise", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "EigenCAM",
         "EigenGradCAM", "KPCA_CAM", "ScoreCAM", "AblationCAM", "FullGrad", "FEM", "ShapleyCAM", "SegEigenCAM",
-        "RandomCAM", "FinerCAM", "RefineCAM", "CAM",
+        "RandomCAM", "FinerCAM", "RefineCAM", "CAM", "SESS",
     }
     missing = expected - set(METHODS)
     assert not missing, f"methods missing from camlib.__all__: {sorted(missing)}"
@@ -196,3 +199,60 @@ def test_exception_mid_call_leaves_model_untouched(method, arch, where):
         if handle is not None:
             handle.remove()
         model.eval()
+
+
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    return cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+
+
+def _check_demo_maps(maps: np.ndarray, masks: np.ndarray, categories: tuple, caps) -> None:
+    """Finite, in [0, 1], not blank or constant, energy on the objects (on the explained one if class-specific)."""
+    assert maps.shape == (len(categories), 128, 128) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-5
+    assert maps.max(axis=(1, 2)).min() > 0.99 and maps.std(axis=(1, 2)).min() > 0.05, "a blank or constant map"
+    if caps.stochastic:
+        return
+    objects = _dilated(masks[list(categories)].any(axis=0))
+    for i, category in enumerate(categories):
+        share = maps[i][objects].sum() / maps[i].sum()
+        assert share > 1.1 * objects.mean(), f"image {i}: {share:.2f} of the energy on the objects"
+        if caps.class_specific and not caps.own_layers:
+            target = _dilated(masks[category])
+            share = maps[i][target].sum() / maps[i].sum()
+            assert share > 2 * target.mean(), f"{CLASS_NAMES[category]}: {share:.2f} of the energy on it"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_finds_the_object_on_the_demo_image(method):
+    """Not a blank map: on the bundled demo model and its sample image (a star and a ring), with the
+    explained class present, every map is finite, non-constant and puts its energy on the objects;
+    a class-specific map puts it on the explained object. Nothing warns."""
+    caps = capabilities(method)
+    if caps.needs_attention:
+        pytest.skip(f"{method} explains transformers' attention; the demo model is a CNN")
+    image, _, masks = make_sample(128)
+    model = load_demo_model()
+    x = demo_preprocess(image).repeat(2, 1, 1, 1)
+    categories = (CLASS_NAMES.index("star"), CLASS_NAMES.index("ring"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.manual_seed(0)
+        maps = build(method, model, demo_target_layers(model), batch_size=256)(
+            x, [ClassifierOutputTarget(c) for c in categories]
+        )
+    _check_demo_maps(maps, masks, categories, caps)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "constant", "noise", "wrong object"])
+def test_the_blank_map_check_can_fail(kind):
+    """The check above rejects an all-zero, a constant, a uniform-noise map, and a map on the other object."""
+    _, _, masks = make_sample(128)
+    categories = (CLASS_NAMES.index("star"), CLASS_NAMES.index("ring"))
+    maps = {
+        "zeros": np.zeros((2, 128, 128)),
+        "constant": np.full((2, 128, 128), 0.5),
+        "noise": np.random.default_rng(0).random((2, 128, 128)),
+        "wrong object": np.stack([masks[categories[1]], masks[categories[0]]]).astype(np.float32),
+    }[kind]
+    with pytest.raises(AssertionError):
+        _check_demo_maps(maps, masks, categories, Capabilities())

@@ -14,7 +14,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN, assert_model_untouched, model_snapshot
+from conftest import TinyCNN, assert_model_untouched, model_snapshot, optional
 from methods import build, method_names
 
 from camlib import CAM, SESS, GradCAM, ScoreCAM
@@ -29,7 +29,7 @@ from camlib.utils.model_targets import (
     SoftmaxOutputTarget,
 )
 
-transformers = pytest.importorskip("transformers")
+transformers = optional("transformers")
 from transformers.modeling_outputs import ImageClassifierOutput  # noqa: E402
 
 METHODS = method_names()

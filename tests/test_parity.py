@@ -13,14 +13,14 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import get_model, make_input
+from conftest import get_model, make_input, optional
 
 import camlib
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.reshape_transforms import vit_reshape_transform
 
-ref = pytest.importorskip("pytorch_grad_cam")
-ref_targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
+ref = optional("pytorch_grad_cam")
+ref_targets = optional("pytorch_grad_cam.utils.model_targets")
 
 #: BaseCAM-style methods both libraries have, constructed the same way.
 SHARED = [

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot
+from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot, optional
 
 from camlib.base_cam import BaseCAM
 from camlib.score_cam import ScoreCAM, distinct_channel_maps, score_cam_masks
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-ref = pytest.importorskip("pytorch_grad_cam")
+ref = optional("pytorch_grad_cam")
 
 
 def _targets(*classes):

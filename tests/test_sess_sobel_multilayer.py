@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot
+from conftest import TinyCNN, assert_model_untouched, hooks_left, model_snapshot, optional
 
 from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
 from camlib.ablation_cam_multilayer import AblationLayer, replace_layer_recursive
@@ -19,8 +19,8 @@ from camlib.sobel_cam import sobel_cam
 from camlib.utils.image import gaussian_blur, linear_resize_matrix
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-ref = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget as RefTarget  # noqa: E402
+ref = optional("pytorch_grad_cam")
+ref_targets = optional("pytorch_grad_cam.utils.model_targets")
 
 
 def _input(shape, seed=1):
@@ -74,7 +74,7 @@ def test_sess_matches_reference(case):
     kwargs = SESS_CASES[case]
     x = _input((2, 3, 32, 40))
     ref_model = TinyCNN().eval()
-    expected = ref.SESS(ref_model, [ref_model.features[-1]], **kwargs)(x, [RefTarget(1), RefTarget(3)])
+    expected = ref.SESS(ref_model, [ref_model.features[-1]], **kwargs)(x, [ref_targets.ClassifierOutputTarget(1), ref_targets.ClassifierOutputTarget(3)])
     model = TinyCNN().eval()
     got = SESS(model, [model.features[-1]], progress=False, **kwargs)(
         x, [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
@@ -231,7 +231,7 @@ def test_reference_multilayer_module_is_broken():
 
     model = TinyCNN().eval()
     with pytest.raises(TypeError):
-        RefMultiLayer(model, [model.features[-1]])(_input((1, 3, 16, 16)), [RefTarget(0)])
+        RefMultiLayer(model, [model.features[-1]])(_input((1, 3, 16, 16)), [ref_targets.ClassifierOutputTarget(0)])
     assert RefLayer(torch.nn.ReLU(), None, [0]).forward(torch.ones(1, 2, 2, 2)) is None
     torch.testing.assert_close(
         AblationLayer(torch.nn.ReLU(), None, [0])(torch.ones(1, 2, 2, 2)),
@@ -242,7 +242,7 @@ def test_reference_multilayer_module_is_broken():
 def test_multilayer_single_layer_matches_reference_ablation_cam():
     x = _input((2, 3, 16, 16))
     ref_model = TinyCNN().eval()
-    expected = ref.AblationCAM(ref_model, [ref_model.features[-1]])(x, [RefTarget(1), RefTarget(3)])
+    expected = ref.AblationCAM(ref_model, [ref_model.features[-1]])(x, [ref_targets.ClassifierOutputTarget(1), ref_targets.ClassifierOutputTarget(3)])
     model = TinyCNN().eval()
     cam = MultiLayerAblationCAM(model, [model.features[-1]], batch_size=5, progress=False)
     got = cam(x, [ClassifierOutputTarget(1), ClassifierOutputTarget(3)])

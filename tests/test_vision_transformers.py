@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import assert_model_untouched, get_model, make_input, model_snapshot
+from conftest import assert_model_untouched, get_model, make_input, model_snapshot, optional
 from methods import PERTURBATION_METHODS, RANDOM_METHODS, build, capabilities, method_names
 
 import camlib
@@ -22,7 +22,7 @@ from camlib.models import default_target_layer_paths, default_target_layers
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.reshape_transforms import num_prefix_tokens, tokens_to_grid
 
-timm = pytest.importorskip("timm")
+timm = optional("timm")
 
 METHODS = method_names()
 
