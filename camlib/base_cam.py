@@ -46,7 +46,7 @@ given to the CAM; a detector's list of dicts goes to the targets unchanged.
 Precision: the model runs in the precision it is in (``float16`` and
 ``bfloat16`` models, or under ``torch.autocast``): the input is cast to the
 model's floating-point dtype, and everything camlib computes from the captured
-activations and gradients is float32.
+activations and gradients is float32 (float64 for a float64 model).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import ttach as tta
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture, autograd_gradients, capture, capture_with_graph, describe_module
-from camlib.utils.image import scale_cam_image
+from camlib.utils.image import at_least_float32, scale_cam_image
 from camlib.utils.messages import warn_user
 from camlib.utils.model_outputs import OutputAdaptedTarget, logits_of
 from camlib.utils.model_state import eval_mode
@@ -329,7 +329,7 @@ class BaseCAM:
     def postprocess(self, raw_maps: Sequence[torch.Tensor], input_tensor: torch.Tensor) -> torch.Tensor:
         """Stage 4: each raw map ReLU'd, scaled to [0, 1] and resized to the input: ``[B, L, *S]``."""
         size = self.get_target_width_height(input_tensor)
-        scaled = [scale_cam_image(torch.relu(torch.as_tensor(m, device=self.device).float()), size) for m in raw_maps]
+        scaled = [scale_cam_image(torch.relu(at_least_float32(torch.as_tensor(m, device=self.device))), size) for m in raw_maps]
         return torch.stack(scaled, dim=1)
 
     def aggregate(self, maps: torch.Tensor) -> torch.Tensor:
@@ -339,7 +339,7 @@ class BaseCAM:
     def aggregate_multi_layers(self, cam_per_target_layer: Sequence[Any]) -> np.ndarray:
         """pytorch-grad-cam's aggregation of ``[B, 1, *S]`` maps (numpy or torch): ``[B, *S]``."""
         stacked = torch.cat([torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m) for m in cam_per_target_layer], dim=1)
-        result = self.aggregate(stacked.float())
+        result = self.aggregate(at_least_float32(stacked))
         return result if any(isinstance(m, torch.Tensor) for m in cam_per_target_layer) else to_numpy(result)
 
     # -- the whole pipeline --------------------------------------------------------

@@ -28,6 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from camlib.utils.batched import score_outputs
+from camlib.utils.image import at_least_float32
 from camlib.utils.messages import warn_user
 from camlib.utils.reshape_transforms import (
     feature_pyramid_to_map,
@@ -261,7 +262,7 @@ def _maps_of(
             maps.append(None)
             continue
         structure = tree_unflatten(values(slot), slot.spec)
-        result = layer_output_to_map(layer, structure, spatial, batch, reshape_transform, prefix_tokens).float()
+        result = at_least_float32(layer_output_to_map(layer, structure, spatial, batch, reshape_transform, prefix_tokens))
         maps.append(result if keep_graph else result.detach())
     return tuple(maps)
 

@@ -23,6 +23,7 @@ from camlib.utils._display import (
 )
 
 __all__ = [
+    "at_least_float32",
     "create_labels_legend",
     "deprocess_image",
     "gaussian_blur",
@@ -74,6 +75,11 @@ def _minmax_resize(cam: torch.Tensor, target_size: Optional[Sequence[int]]) -> t
     return F.interpolate(cam[:, None], size=size, mode=mode, align_corners=False)[:, 0]
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 (and integer) tensors as float32; float32 and float64 as they are."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def scale_cam_image(cam: ArrayOrTensor, target_size: Optional[Sequence[int]] = None) -> ArrayOrTensor:
     """Scale every map of a batch to [0, 1] and optionally resize it.
 
@@ -91,7 +97,7 @@ def scale_cam_image(cam: ArrayOrTensor, target_size: Optional[Sequence[int]] = N
         ``cam`` was one, else a tensor on ``cam``'s device.
     """
     if isinstance(cam, torch.Tensor):
-        return _minmax_resize(cam.float(), target_size)
+        return _minmax_resize(at_least_float32(cam), target_size)
     if isinstance(cam, (list, tuple)):
         cam = np.stack([np.asarray(c) for c in cam])
     if not isinstance(cam, np.ndarray):
