@@ -117,17 +117,7 @@ class CAMWrapper:
             self.compute(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer)
         )
 
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        eigen_smooth: bool = False,
-        *,
-        aug_smooth: bool = False,
-        per_layer: bool = False,
-    ) -> np.ndarray:
-        """Same as :meth:`forward`."""
-        return self.forward(input_tensor, targets, eigen_smooth, aug_smooth=aug_smooth, per_layer=per_layer)
+    __call__ = forward
 
     def release(self) -> None:
         """Remove any hook the base method still holds (hooks only live during a call anyway)."""

@@ -267,6 +267,26 @@ def _maps_of(
     return tuple(maps)
 
 
+def _gradient_values(grads_by_leaf: Sequence[Optional[torch.Tensor]]) -> Callable[[_Slot], list]:
+    """``slot -> its leaves' gradients``, taking them in order from the gradients of
+    :meth:`LayerRecorder.differentiable_leaves` (None and non-differentiable leaves give zeros)."""
+    remaining = iter(grads_by_leaf)
+
+    def gradients_of(slot: _Slot) -> list:
+        result = []
+        for leaf in slot.leaves:
+            if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+                grad = next(remaining)
+                result.append(torch.zeros_like(leaf) if grad is None else grad)
+            elif isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+                result.append(torch.zeros_like(leaf))
+            else:
+                result.append(leaf)
+        return result
+
+    return gradients_of
+
+
 def capture(
     model: Callable,
     layers: Sequence[torch.nn.Module],
@@ -349,21 +369,8 @@ def capture(
     )
     layer_grads = None
     if grads_by_leaf is not None:
-        remaining = iter(grads_by_leaf)
-
-        def grads_of(slot: _Slot) -> list:
-            grads = []
-            for leaf in slot.leaves:
-                if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
-                    grad = next(remaining)
-                    grads.append(torch.zeros_like(leaf) if grad is None else grad)
-                elif isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-                    grads.append(torch.zeros_like(leaf))
-                else:
-                    grads.append(leaf)
-            return grads
-
-        layer_grads = _maps_of(recorder, grads_of, spatial, batch, reshape_transform, prefix_tokens, keep_graph)
+        gradients_of = _gradient_values(grads_by_leaf)
+        layer_grads = _maps_of(recorder, gradients_of, spatial, batch, reshape_transform, prefix_tokens, keep_graph)
     raw = tuple(
         None if slot is None else detach_tree(tree_unflatten(slot.leaves, slot.spec)) for slot in recorder.slots
     )
@@ -429,21 +436,8 @@ def capture_with_graph(
             grads = torch.autograd.grad(
                 loss, leaves, allow_unused=True, create_graph=True, retain_graph=True
             )
-            remaining = iter(grads)
-
-            def grads_of(slot: _Slot, remaining: Iterator = remaining) -> list:
-                result = []
-                for leaf in slot.leaves:
-                    if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
-                        grad = next(remaining)
-                        result.append(torch.zeros_like(leaf) if grad is None else grad)
-                    elif isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-                        result.append(torch.zeros_like(leaf))
-                    else:
-                        result.append(leaf)
-                return result
-
-            layer_grads = _maps_of(recorder, grads_of, spatial, batch, reshape_transform, prefix_tokens, True)
+            gradients_of = _gradient_values(grads)
+            layer_grads = _maps_of(recorder, gradients_of, spatial, batch, reshape_transform, prefix_tokens, True)
             records.append(
                 Capture(
                     input=x,

@@ -261,29 +261,7 @@ class FinerCAM(CAMWrapper):
             )
         )
 
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        eigen_smooth: bool = False,
-        alpha: float = 1,
-        comparison_categories: Optional[Sequence[int]] = None,
-        target_idx: Optional[int] = None,
-        *,
-        aug_smooth: bool = False,
-        per_layer: bool = False,
-    ) -> np.ndarray:
-        """Same as :meth:`forward`."""
-        return self.forward(
-            input_tensor,
-            targets,
-            eigen_smooth,
-            alpha,
-            comparison_categories,
-            target_idx,
-            aug_smooth=aug_smooth,
-            per_layer=per_layer,
-        )
+    __call__ = forward
 
 
 class FinerClassTarget:
