@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-__all__ = ["HEAD_FUSIONS", "attention_rollout", "fuse_heads"]
+from camlib.base_cam import BaseCAM
+from camlib.capabilities import Capabilities
+from camlib.capture import Capture
+from camlib.registry import register_method
+from camlib.utils.attention import (
+    attention_pass,
+    class_token_relevance,
+    find_attention_modules,
+    has_class_token,
+    relevance_map,
+)
+
+__all__ = ["HEAD_FUSIONS", "AttentionRollout", "attention_rollout", "fuse_heads"]
 
 #: How the heads of one layer are combined.
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -84,3 +96,103 @@ def attention_rollout(
         residual = residual / residual.sum(dim=-1, keepdim=True)
         rollout = residual if rollout is None else residual @ rollout
     return rollout
+
+
+@register_method("attentionrollout", title="Attention rollout")
+class AttentionRollout(BaseCAM):
+    r"""Attention rollout for vision transformers.
+
+    Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
+    https://arxiv.org/abs/2005.00928
+
+    .. math::
+        \hat A^{(l)} = \mathrm{rownorm}\big(\mathrm{fuse}_h A^{(l)}_h + I\big), \qquad
+        L = \big[\hat A^{(L)} \cdots \hat A^{(1)}\big]_{\mathrm{cls},\,\mathrm{patches}}
+
+    The attention probabilities of every attention module of the model
+    (torchvision ``nn.MultiheadAttention``, timm ``Attention``, Hugging Face
+    ViT attention; see :mod:`camlib.utils.attention`) are captured in one
+    forward pass, rolled out (:func:`attention_rollout`), and the class
+    token's row over the patch tokens is laid out on the patch grid (class,
+    distillation and register tokens dropped). Without a class token (a
+    mean-pooled ViT) the mean of all rows is used. ``target_layers`` is
+    ignored (the rollout needs every block) and may be empty.
+
+    Choices the paper leaves open: ``head_fusion`` ``"max"``/``"min"`` and
+    ``discard_ratio`` follow vit-explain (Gildenblat), which introduced them:
+    the lowest entries of each fused matrix are dropped, keeping the class
+    token's attention to itself, before the identity is added; rows are then
+    renormalised.
+
+    Cost: one forward pass, no gradients. The map does not depend on the
+    target. Output: ``np.float32 [B, H, W]`` in [0, 1].
+
+    Args:
+        model: a vision transformer.
+        target_layers: ignored (may be empty).
+        reshape_transform: lays per-token values ``[B, N, 1]`` out as
+            ``[B, 1, h, w]``; None infers the patch grid.
+        head_fusion: ``"mean"`` (the paper), ``"max"`` or ``"min"``.
+        discard_ratio: fraction in [0, 1) of each fused attention matrix, its
+            lowest entries, set to zero.
+        **kwargs: the other :class:`~camlib.base_cam.BaseCAM` arguments.
+
+    Raises:
+        ValueError: the model has no attention module (a CNN), or a bad option.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from camlib import AttentionRollout
+        >>> model = torchvision.models.VisionTransformer(
+        ...     image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+        >>> with AttentionRollout(model, head_fusion="max", discard_ratio=0.5) as cam:
+        ...     maps = cam(torch.randn(2, 3, 32, 32))
+        >>> maps.shape, maps.dtype
+        ((2, 32, 32), dtype('float32'))
+    """
+
+    capabilities = Capabilities(
+        gradients=False,
+        own_layers=True,
+        volumetric=False,
+        eigen_smooth=False,
+        per_layer=False,
+        class_specific=False,
+        needs_attention=True,
+    )
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layers: Optional[List[torch.nn.Module]] = None,
+        reshape_transform: Optional[Callable] = None,
+        *args: Any,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, [] if target_layers is None else target_layers, reshape_transform, *args, **kwargs)
+        if head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"head_fusion must be one of {list(HEAD_FUSIONS)}, got {head_fusion!r}")
+        if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
+            raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}")
+        self.head_fusion = head_fusion
+        self.discard_ratio = float(discard_ratio)
+        self.attention_modules = find_attention_modules(model)
+        self.class_token = has_class_token(model)
+
+    def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:
+        """One forward pass recording every attention module's probabilities."""
+        return attention_pass(
+            self.model,
+            self.attention_modules,
+            x,
+            lambda outputs: self.resolve_targets(outputs, targets, default_targets),
+            gradients=False,
+        )
+
+    def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
+        """The rollout's class-token row on the patch grid: one raw map ``[B, h, w]``."""
+        rollout = attention_rollout(capture.activations, self.head_fusion, self.discard_ratio, self.class_token)
+        relevance = class_token_relevance(rollout, self.class_token)
+        return [relevance_map(relevance, capture.spatial_size, self.prefix_tokens, self.reshape_transform)]

@@ -439,3 +439,252 @@ def test_rollout_matches_fast_vit_rollout(three_vits, head_fusion):
         block.attn.fused_attn = False
     theirs = ViTAttentionRollout(model, head_fusion=head_fusion, discard_ratio=0.0)(x)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The method classes
+# ---------------------------------------------------------------------------------------------
+def raw_map(cam, x, targets=None):
+    """The method's map before scaling, through the base's public stages."""
+    return cam.layer_maps(cam.capture(cam.prepare_input(x), targets), False)[0]
+
+
+def test_classes_give_the_golden_maps_on_the_toy_transformer():
+    from camlib import AttentionRollout, LeGrad, TransformerAttribution
+    from camlib.utils.model_targets import ClassifierOutputTarget
+
+    model = ToyViT()
+    target = [ClassifierOutputTarget(0)]
+    torch.testing.assert_close(raw_map(AttentionRollout(model), toy_input()), torch.tensor([[ROLLOUT_PATCHES]]))
+    torch.testing.assert_close(
+        raw_map(TransformerAttribution(model), toy_input(), target), torch.tensor([[RELEVANCE_ROW[1:]]])
+    )
+    legrad = LeGrad(model, [], score_projection=lambda z: model.head(z.mean(dim=1)))
+    torch.testing.assert_close(raw_map(legrad, toy_input(), target), torch.tensor([[LEGRAD_KEYS[1:]]]))
+    # the whole call: scaled to [0, 1] per image and resized to the 16 x 32 input
+    maps = TransformerAttribution(model)(toy_input(), target)
+    assert maps.shape == (1, 16, 32) and maps.min() == 0.0 and maps.max() == pytest.approx(1.0, abs=1e-6)
+    assert maps[0, :, :8].max() < 0.05 and maps[0, :, 24:].min() > 0.95  # patch 2 is the more relevant
+
+
+@pytest.mark.parametrize("method", ["AttentionRollout", "TransformerAttribution", "LeGrad"])
+def test_same_maps_from_torchvision_timm_and_hugging_face(three_vits, method):
+    import camlib
+    from camlib.utils.model_targets import ClassifierOutputTarget
+
+    models, x = three_vits
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(4)]
+    maps = {name: getattr(camlib, method)(model)(x, targets) for name, model in models.items()}
+    reference = maps["torchvision"]
+    assert reference.shape == (2, 32, 32) and all(m.max() - m.min() > 0.5 for m in reference)
+    for name, value in maps.items():
+        assert abs(value - reference).max() < 1e-4, name
+
+
+def test_rollout_options_and_class_agnostic_default_targets(three_vits):
+    from camlib import AttentionRollout
+
+    models, x = three_vits
+    model = models["timm"]
+    plain = AttentionRollout(model)(x)
+    assert plain.shape == (2, 32, 32)
+    different = AttentionRollout(model, head_fusion="min", discard_ratio=0.9)(x)
+    assert abs(different - plain).max() > 1e-3
+    smooth = AttentionRollout(model)(x, aug_smooth=True)
+    assert smooth.shape == (2, 32, 32) and smooth.max() <= 1.0
+    with pytest.raises(ValueError, match="head_fusion must be one of"):
+        AttentionRollout(model, head_fusion="median")
+    with pytest.raises(ValueError, match=r"discard_ratio must be a number in \[0, 1\)"):
+        AttentionRollout(model, discard_ratio=1.5)
+    with pytest.raises(ValueError, match="does not support per_layer"):
+        AttentionRollout(model)(x, per_layer=True)
+
+
+def test_distillation_and_register_tokens_through_the_classes():
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    from camlib import AttentionRollout, LeGrad, TransformerAttribution
+
+    torch.manual_seed(0)
+    deit = VisionTransformerDistilled(img_size=(32, 64), patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                                      num_classes=3).eval()
+    registers = VisionTransformer(img_size=48, patch_size=16, embed_dim=32, depth=2, num_heads=2, reg_tokens=4,
+                                  num_classes=3).eval()
+    for model, size in ((deit, (32, 64)), (registers, (48, 48))):
+        x = torch.randn(2, 3, *size)
+        for cls in (AttentionRollout, TransformerAttribution, LeGrad):
+            cam = cls(model)
+            grid = raw_map(cam, x)
+            assert grid.shape == (2, size[0] // 16, size[1] // 16), (cls.__name__, grid.shape)
+            maps = cam(x)
+            assert maps.shape == (2, *size) and bool((maps.max(axis=(1, 2)) > 0.99).all()), cls.__name__
+
+
+def test_legrad_matches_torchcam():
+    torchcam = pytest.importorskip("torchcam.methods")
+    from camlib import LeGrad
+    from camlib.utils.image import scale_cam_image
+    from camlib.utils.model_targets import ClassifierOutputTarget
+
+    model = torchvision_vit(seed=5, image_size=48)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(6))
+    classes = [2, 4]
+    blocks = list(model.encoder.layers)
+    with torchcam.LeGrad(model, blocks) as extractor:
+        theirs = extractor(class_idx=classes, scores=model(x))[0].detach()  # [2, 3, 3], min-max scaled
+    ours = LeGrad(model, blocks)
+    grid = raw_map(ours, x, [ClassifierOutputTarget(c) for c in classes])
+    torch.testing.assert_close(scale_cam_image(grid), theirs, atol=1e-4, rtol=0)
+    maps = ours(x, [ClassifierOutputTarget(c) for c in classes])
+    expected = scale_cam_image(scale_cam_image(theirs, (48, 48))).numpy()  # resize, then the layer mean rescaled
+    assert abs(maps - expected).max() < 1e-4
+
+
+def test_legrad_blocks_default_and_errors(three_vits):
+    from camlib import LeGrad
+
+    models, x = three_vits
+    tv = models["torchvision"]
+    assert LeGrad(tv).blocks == list(tv.encoder.layers)[-2:]
+    assert LeGrad(tv, [tv.encoder.layers[1]]).attention_modules == [tv.encoder.layers[1].self_attention]
+    with pytest.raises(ValueError, match="holds 2"):
+        LeGrad(tv, [tv.encoder])
+    with pytest.raises(ValueError, match="score_projection="):
+        LeGrad(ToyViT())
+    with pytest.raises(TypeError, match="score_projection must be a function"):
+        LeGrad(tv, score_projection="head")
+
+
+@pytest.mark.parametrize("method", ["AttentionRollout", "TransformerAttribution", "LeGrad"])
+def test_a_cnn_or_a_model_without_attention_is_refused(method):
+    import camlib
+
+    cls = getattr(camlib, method)
+    with pytest.raises(ValueError, match=r"no self-attention module in ResNet.*torchvision's VisionTransformer"):
+        cls(torchvision.models.resnet18(weights=None), [])
+    with pytest.raises(ValueError, match="no self-attention module in Sequential"):
+        cls(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), [])
+
+
+@pytest.mark.parametrize("method", ["AttentionRollout", "TransformerAttribution", "LeGrad"])
+def test_the_model_is_left_as_it_was(three_vits, method):
+    import camlib
+    from conftest import assert_model_untouched, model_snapshot
+
+    models, x = three_vits
+    for name, model in models.items():
+        model.train()  # training flags must come back too
+        before = model_snapshot(model)
+        fused = [getattr(m, "fused_attn", None) for m in find_attention_modules(model)]
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        cam = getattr(camlib, method)(model)
+        cam(x)
+
+        def broken(*args):
+            raise RuntimeError("failed mid-way")
+
+        if cam.capabilities.gradients:  # a target that raises, after the forward pass
+            with pytest.raises(RuntimeError, match="failed mid-way"):
+                cam(x, [broken, broken])
+        handle = transformer_blocks(model)[-1].register_forward_hook(broken)  # raises inside the forward pass
+        try:
+            with pytest.raises(RuntimeError, match="failed mid-way"):
+                cam(x)
+        finally:
+            handle.remove()
+        assert_model_untouched(model, before)
+        assert [getattr(m, "fused_attn", None) for m in find_attention_modules(model)] == fused, name
+        assert getattr(getattr(model, "config", None), "_attn_implementation", None) == impl, name
+        model.eval()
+
+
+def test_registered_with_their_capabilities():
+    from camlib.registry import get_method, make_cam
+
+    for name, cls_name, gradients in (
+        ("attentionrollout", "AttentionRollout", False),
+        ("transformerattribution", "TransformerAttribution", True),
+        ("legrad", "LeGrad", True),
+    ):
+        info = get_method(name)
+        assert info.cls.__name__ == cls_name
+        caps = info.capabilities
+        assert caps.needs_attention and caps.own_layers and not caps.volumetric and not caps.eigen_smooth
+        assert caps.gradients is gradients
+        model = torchvision_vit()
+        assert type(make_cam(name, model, [model.encoder.layers[0]])).__name__ == cls_name
+
+
+def test_zero_gradients_warn_instead_of_a_silent_blank_map():
+    from camlib import TransformerAttribution
+
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    ).eval()  # torchvision's zero-initialised head: every logit is constant
+    with pytest.warns(UserWarning, match="gradient of the target score with respect to every attention"):
+        TransformerAttribution(model)(torch.randn(1, 3, 32, 32))
+
+
+def test_windowed_attention_is_refused():
+    from camlib import AttentionRollout
+
+    torch.manual_seed(0)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=64, embed_dim=32, depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 4, 8), window_size=2, num_classes=3,
+    ).eval()
+    before = [m.fused_attn for m in find_attention_modules(swin)]
+    with pytest.raises(ValueError, match="windowed attention, as in Swin"):
+        AttentionRollout(swin)(torch.randn(1, 3, 64, 64))
+    assert [m.fused_attn for m in find_attention_modules(swin)] == before
+
+
+def test_legrad_matches_the_authors_legrad_torch(tmp_path):
+    """The authors' package explains OpenCLIP models: a tiny random CLIP ViT, two text prompts."""
+    import json
+
+    from camlib import LeGrad
+    from camlib.utils.model_targets import ClassifierOutputTarget
+
+    try:
+        import open_clip
+        from legrad import LeWrapper
+    except ImportError:  # optional oracle (pip install legrad-torch): skip only this comparison
+        pytest.skip("legrad-torch (and open_clip_torch<=2.23) are not installed")
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 16, "heads": 2, "layers": 1},
+    }
+    (tmp_path / "camlib-tiny-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "camlib-tiny-clip.json")
+    torch.manual_seed(0)
+    ours_clip = open_clip.create_model("camlib-tiny-clip", pretrained=None).eval()
+    torch.manual_seed(0)
+    theirs_clip = open_clip.create_model("camlib-tiny-clip", pretrained=None).eval()
+    text = F.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(2)), dim=-1)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+    theirs = LeWrapper(theirs_clip, layer_index=-2).compute_legrad_clip(text, image=x)[0].detach()  # [2, 32, 32]
+
+    class ClipScores(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual = ours_clip.visual
+
+        def forward(self, image):
+            return F.normalize(self.visual(image), dim=-1) @ text.T
+
+    visual = ours_clip.visual
+    model = ClipScores().eval()
+
+    def projection(tokens):  # open_clip 2.23 blocks return [tokens, batch, width]
+        return F.normalize(visual.ln_post(tokens.mean(dim=0)) @ visual.proj, dim=-1) @ text.T
+
+    cam = LeGrad(model, [], score_projection=projection)
+    grid = raw_map(cam, x.repeat(2, 1, 1, 1), [ClassifierOutputTarget(0), ClassifierOutputTarget(1)])
+    upsampled = F.interpolate(grid[:, None], scale_factor=16, mode="bilinear")[:, 0]
+    lo = upsampled.amin(dim=(1, 2), keepdim=True)
+    hi = upsampled.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close((upsampled - lo) / (hi - lo), theirs, atol=1e-4, rtol=0)

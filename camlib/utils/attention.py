@@ -51,22 +51,27 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlib.capture import Capture, detach_tree
+from camlib.utils.batched import score_outputs
 from camlib.utils.reshape_transforms import infer_reshape_transform, num_prefix_tokens
 
 __all__ = [
     "AttentionRecord",
     "attention_kind",
+    "attention_pass",
     "capture_attention",
     "class_token_relevance",
     "find_attention_modules",
     "has_class_token",
+    "relevance_map",
     "relevance_to_grid",
     "stack_by_module",
     "transformer_blocks",
@@ -407,3 +412,132 @@ def stack_by_module(record: AttentionRecord, modules: Sequence[nn.Module]) -> Li
             f"{repr(missing[0]).splitlines()[0]}); the model's forward must call every attention module"
         )
     return [last[id(m)] for m in modules]
+
+
+def relevance_map(
+    relevance: torch.Tensor,
+    input_spatial: Sequence[int],
+    prefix_tokens: Optional[int] = None,
+    reshape_transform: Optional[Callable] = None,
+) -> torch.Tensor:
+    """Per-token relevance ``[B, N]`` as a map ``[B, h, w]``: with ``reshape_transform``
+    (called on ``[B, N, 1]`` tokens, returning ``[B, 1, h, w]``) or :func:`relevance_to_grid`."""
+    if reshape_transform is None:
+        return relevance_to_grid(relevance, input_spatial, prefix_tokens)
+    result = reshape_transform(relevance[:, :, None])
+    if not isinstance(result, torch.Tensor) or result.ndim != 4 or result.shape[1] != 1:
+        raise ValueError(
+            "reshape_transform must turn [B, tokens, C] into [B, C, h, w]; given per-token relevance of "
+            f"shape {list(relevance[:, :, None].shape)} it returned "
+            f"{list(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__}"
+        )
+    return result[:, 0]
+
+
+def attention_pass(
+    model: nn.Module,
+    modules: Sequence[nn.Module],
+    x: torch.Tensor,
+    resolve_targets: Callable[[Any], Sequence[Callable]],
+    *,
+    gradients: bool,
+    blocks: Optional[Sequence[nn.Module]] = None,
+    block_scores: Optional[Callable[[torch.Tensor, Sequence[Callable]], torch.Tensor]] = None,
+) -> Capture:
+    """The capture stage of the attention methods: one forward pass, attention recorded.
+
+    Args:
+        model: the transformer (its mode is the caller's business).
+        modules: its attention modules, in forward order.
+        x: the prepared input.
+        resolve_targets: ``outputs -> targets``, one per image.
+        gradients: also take the gradient of the summed target scores with
+            respect to each attention (Chefer et al.).
+        blocks: with ``block_scores``, the block of each attention module:
+            the gradient of each block's own score with respect to its own
+            attention is taken instead (LeGrad).
+        block_scores: ``(block tokens [B, N, C], targets) -> scores [B]``.
+
+    Returns:
+        A :class:`camlib.capture.Capture` whose ``layers`` are the attention
+        modules, ``activations`` their probabilities ``[B, heads, N, N]``
+        (float32, detached) and ``gradients`` the gradients (or None).
+    """
+    per_block = block_scores is not None
+    differentiable = gradients or per_block
+    with (
+        torch.inference_mode(False),
+        torch.set_grad_enabled(differentiable),
+        capture_attention(model, modules, differentiable=differentiable, blocks=blocks if per_block else None) as rec,
+    ):
+        outputs = model(x)
+        targets = tuple(resolve_targets(outputs))
+        attentions = stack_by_module(rec, modules)
+        _check_global_attention(attentions, modules, int(x.shape[0]))
+        grads: Optional[List[torch.Tensor]] = None
+        if per_block:
+            tokens = _last_output_of(rec, blocks)
+            grads = []
+            for i, (z, attention) in enumerate(zip(tokens, attentions)):
+                score = block_scores(z, targets).sum()
+                grads.append(_gradient(score, attention, retain=i < len(attentions) - 1))
+        elif gradients:
+            score = score_outputs(outputs, list(targets)).sum()
+            grads = [
+                torch.zeros_like(a) if g is None else g
+                for a, g in zip(attentions, _gradients(score, attentions))
+            ]
+    if grads is not None and not any(bool(g.any()) for g in grads):
+        warnings.warn(
+            "the gradient of the target score with respect to every attention map is zero, so the map is "
+            "blank; check the targets (an untrained classifier head, such as torchvision's zero-initialised "
+            "one, gives zero gradients)",
+            stacklevel=3,
+        )
+    return Capture(
+        input=x.detach(),
+        outputs=detach_tree(outputs),
+        targets=targets,
+        layers=tuple(modules),
+        activations=tuple(a.detach().float() for a in attentions),
+        gradients=None if grads is None else tuple(g.detach().float() for g in grads),
+        raw_activations=tuple(a.detach() for a in attentions),
+    )
+
+
+def _check_global_attention(attentions: Sequence[torch.Tensor], modules: Sequence[nn.Module], batch: int) -> None:
+    """Every map is ``[B, heads, N, N]`` over one token sequence of the same length."""
+    tokens = attentions[0].shape[-1]
+    for attention, module in zip(attentions, modules):
+        if attention.ndim != 4 or attention.shape[0] != batch or attention.shape[-2:] != (tokens, tokens):
+            raise ValueError(
+                f"the attention of {repr(module).splitlines()[0]} has shape {list(attention.shape)}, not "
+                f"[{batch}, heads, {tokens}, {tokens}] over the whole token sequence of each image (windowed "
+                "attention, as in Swin, or a token count that changes between blocks); attention-based "
+                "methods need global self-attention such as ViT's or DeiT's. Use a CAM method such as "
+                "GradCAM for this model"
+            )
+
+
+def _last_output_of(record: AttentionRecord, blocks: Sequence[nn.Module]) -> List[torch.Tensor]:
+    last = {id(b): z for b, z in zip(record.block_modules, record.block_outputs)}
+    missing = [b for b in blocks if id(b) not in last]
+    if missing:
+        raise RuntimeError(
+            f"transformer block {repr(missing[0]).splitlines()[0]} did not run in the forward pass; pass "
+            "blocks that the model's forward calls"
+        )
+    return [last[id(b)] for b in blocks]
+
+
+def _gradients(score: torch.Tensor, tensors: Sequence[torch.Tensor]) -> Sequence[Optional[torch.Tensor]]:
+    if not score.requires_grad:
+        return [None] * len(tensors)
+    return torch.autograd.grad(score, list(tensors), allow_unused=True)
+
+
+def _gradient(score: torch.Tensor, tensor: torch.Tensor, retain: bool) -> torch.Tensor:
+    if not score.requires_grad:
+        return torch.zeros_like(tensor)
+    (grad,) = torch.autograd.grad(score, [tensor], allow_unused=True, retain_graph=retain)
+    return torch.zeros_like(tensor) if grad is None else grad
