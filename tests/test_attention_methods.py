@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -544,7 +545,7 @@ def test_legrad_matches_torchcam():
 def test_legrad_blocks_default_and_errors(three_vits):
     from camlib import LeGrad
 
-    models, x = three_vits
+    models, _ = three_vits
     tv = models["torchvision"]
     assert LeGrad(tv).blocks == list(tv.encoder.layers)[-2:]
     assert LeGrad(tv, [tv.encoder.layers[1]]).attention_modules == [tv.encoder.layers[1].self_attention]
@@ -569,8 +570,9 @@ def test_a_cnn_or_a_model_without_attention_is_refused(method):
 
 @pytest.mark.parametrize("method", ["AttentionRollout", "TransformerAttribution", "LeGrad"])
 def test_the_model_is_left_as_it_was(three_vits, method):
-    import camlib
     from conftest import assert_model_untouched, model_snapshot
+
+    import camlib
 
     models, x = three_vits
     for name, model in models.items():
@@ -688,3 +690,22 @@ def test_legrad_matches_the_authors_legrad_torch(tmp_path):
     lo = upsampled.amin(dim=(1, 2), keepdim=True)
     hi = upsampled.amax(dim=(1, 2), keepdim=True)
     torch.testing.assert_close((upsampled - lo) / (hi - lo), theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["AttentionRollout", "TransformerAttribution", "LeGrad"])
+def test_batch_equals_single_images_and_half_precision(three_vits, method):
+    import camlib
+    from camlib.utils.model_targets import ClassifierOutputTarget
+
+    models, x = three_vits
+    cls = getattr(camlib, method)
+    model = models["timm"]
+    targets = [ClassifierOutputTarget(0), ClassifierOutputTarget(2)]
+    batch = cls(model)(x, targets)
+    single = [cls(model)(x[i : i + 1], [targets[i]])[0] for i in range(2)]
+    assert abs(batch - np.stack(single)).max() < 2e-4
+    half = torchvision_vit().to(torch.bfloat16)
+    reference = cls(torchvision_vit())(x, targets)
+    maps = cls(half)(x, targets)
+    assert maps.dtype == np.float32 and np.isfinite(maps).all()
+    assert abs(maps - reference).mean() < 0.05
