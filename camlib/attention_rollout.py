@@ -13,7 +13,7 @@ from camlib.registry import register_method
 from camlib.utils.attention import (
     attention_pass,
     class_token_relevance,
-    find_attention_modules,
+    global_attention_modules,
     has_class_token,
     relevance_map,
 )
@@ -178,7 +178,7 @@ class AttentionRollout(BaseCAM):
             raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}")
         self.head_fusion = head_fusion
         self.discard_ratio = float(discard_ratio)
-        self.attention_modules = find_attention_modules(model)
+        self.attention_modules = global_attention_modules(model)
         self.class_token = has_class_token(model)
 
     def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:

@@ -10,7 +10,7 @@ from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.attention import attention_pass, find_attention_modules, relevance_map, transformer_blocks
+from camlib.utils.attention import attention_pass, global_attention_modules, relevance_map, transformer_blocks
 from camlib.utils.batched import score_outputs
 from camlib.utils.model_outputs import OutputAdaptedTarget
 
@@ -164,7 +164,7 @@ class LeGrad(BaseCAM):
             raise TypeError(
                 f"score_projection must be a function of block tokens [B, N, C], got {type(score_projection).__name__}"
             )
-        all_attention = find_attention_modules(model)  # first: a CNN is told it needs attention
+        all_attention = global_attention_modules(model)  # first: a CNN is told it needs attention
         self.score_projection = mean_pooled_head(model) if score_projection is None else score_projection
         if self.target_layers:
             self.attention_modules = [_attention_in(layer, all_attention) for layer in self.target_layers]

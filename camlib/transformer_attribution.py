@@ -13,7 +13,7 @@ from camlib.registry import register_method
 from camlib.utils.attention import (
     attention_pass,
     class_token_relevance,
-    find_attention_modules,
+    global_attention_modules,
     has_class_token,
     relevance_map,
 )
@@ -126,7 +126,7 @@ class TransformerAttribution(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, [] if target_layers is None else target_layers, reshape_transform, *args, **kwargs)
-        self.attention_modules = find_attention_modules(model)
+        self.attention_modules = global_attention_modules(model)
         self.class_token = has_class_token(model)
 
     def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:

@@ -26,6 +26,7 @@ from camlib.transformer_attribution import transformer_relevance
 from camlib.utils.attention import (
     AttentionRecord,
     attention_kind,
+    attention_pass,
     capture_attention,
     class_token_relevance,
     find_attention_modules,
@@ -637,8 +638,12 @@ def test_windowed_attention_is_refused():
         num_heads=(1, 2, 4, 8), window_size=2, num_classes=3,
     ).eval()
     before = [m.fused_attn for m in find_attention_modules(swin)]
-    with pytest.raises(ValueError, match="windowed attention, as in Swin"):
-        AttentionRollout(swin)(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"windowed attention \(WindowAttention, as in Swin"):
+        AttentionRollout(swin)
+    with pytest.raises(ValueError, match="windowed attention, as in Swin"):  # caught at run time too
+        with torch.no_grad():
+            attention_pass(swin, find_attention_modules(swin), torch.randn(1, 3, 64, 64), lambda out: [],
+                           gradients=False)
     assert [m.fused_attn for m in find_attention_modules(swin)] == before
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "capture_attention",
     "class_token_relevance",
     "find_attention_modules",
+    "global_attention_modules",
     "has_class_token",
     "relevance_map",
     "relevance_to_grid",
@@ -128,6 +129,24 @@ def find_attention_modules(model: nn.Module) -> List[nn.Module]:
     if not inner:
         raise _no_attention_error(model)
     return inner
+
+
+def global_attention_modules(model: nn.Module) -> List[nn.Module]:
+    """:func:`find_attention_modules`, refusing windowed attention (a ``window_size``
+    attribute, as in Swin): attention rollout and relevance need attention over all tokens.
+
+    Raises:
+        ValueError: no attention module, or windowed attention; the message says what is needed.
+    """
+    modules = find_attention_modules(model)
+    windowed = [m for m in modules if getattr(m, "window_size", None) is not None]
+    if windowed:
+        raise ValueError(
+            f"{type(model).__name__} uses windowed attention ({type(windowed[0]).__name__}, as in Swin); "
+            "attention-based methods need global self-attention over all tokens, such as ViT's or DeiT's. "
+            "Use a CAM method such as GradCAM for this model"
+        )
+    return modules
 
 
 def transformer_blocks(model: nn.Module, attention_modules: Optional[Sequence[nn.Module]] = None) -> List[nn.Module]:
