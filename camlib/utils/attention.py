@@ -51,6 +51,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Optional, Sequence
@@ -249,6 +250,7 @@ class AttentionRecord:
         prefix_tokens: tokens before the patch grid, as the model declares
             (:func:`camlib.utils.reshape_transforms.num_prefix_tokens`), or None.
         class_token: whether the model has a class token (:func:`has_class_token`).
+        thread: the thread whose forward passes are recorded (others' are ignored).
     """
 
     modules: List[nn.Module] = field(default_factory=list)
@@ -257,6 +259,7 @@ class AttentionRecord:
     block_modules: List[nn.Module] = field(default_factory=list)
     prefix_tokens: Optional[int] = None
     class_token: bool = True
+    thread: int = field(default_factory=threading.get_ident)
 
 
 # -- torch.nn.MultiheadAttention ----------------------------------------------------------
@@ -292,6 +295,8 @@ def _hook_torch_mha(module: nn.MultiheadAttention, record: AttentionRecord, diff
     requested: list = []  # the caller's (need_weights, average_attn_weights) of each pending call
 
     def pre_hook(mod, args, kwargs):
+        if threading.get_ident() != record.thread:
+            return None  # another thread's forward pass on the same model
         args, kwargs = list(args), dict(kwargs)
         need = _set_arg(args, kwargs, _NEED_WEIGHTS_POS, "need_weights", True, True)
         average = _set_arg(args, kwargs, _AVERAGE_POS, "average_attn_weights", False, True)
@@ -299,6 +304,8 @@ def _hook_torch_mha(module: nn.MultiheadAttention, record: AttentionRecord, diff
         return tuple(args), kwargs
 
     def hook(mod, args, kwargs, output):
+        if threading.get_ident() != record.thread:
+            return None
         need, average = requested.pop()
         out, weights = output
         if differentiable:
@@ -328,6 +335,8 @@ def _hook_torch_mha(module: nn.MultiheadAttention, record: AttentionRecord, diff
 
 def _hook_timm(module: nn.Module, record: AttentionRecord, differentiable: bool) -> list:
     def hook(dropout, args, output):
+        if threading.get_ident() != record.thread:
+            return
         record.attentions.append(output if differentiable else output.detach().clone())
         record.modules.append(module)
 
@@ -336,6 +345,8 @@ def _hook_timm(module: nn.Module, record: AttentionRecord, differentiable: bool)
 
 def _hook_hf(module: nn.Module, record: AttentionRecord, differentiable: bool) -> list:
     def hook(mod, args, output):
+        if threading.get_ident() != record.thread:
+            return
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         if not isinstance(weights, torch.Tensor) or weights.ndim != 4:
             raise ValueError(
@@ -349,6 +360,31 @@ def _hook_hf(module: nn.Module, record: AttentionRecord, differentiable: bool) -
 
 
 _HOOKS = {"torch": _hook_torch_mha, "timm": _hook_timm, "hf": _hook_hf}
+
+# Temporary attribute switches shared by concurrent captures: (object id, attribute) ->
+# [object, original value, number of captures holding the switch]. The original comes back
+# when the last capture ends, whatever order threads finish in.
+_SWITCHES: dict = {}
+_SWITCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _switched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    key = (id(obj), name)
+    with _SWITCH_LOCK:
+        entry = _SWITCHES.get(key)
+        if entry is None:
+            _SWITCHES[key] = entry = [obj, getattr(obj, name), 0]
+        entry[2] += 1
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        with _SWITCH_LOCK:
+            entry[2] -= 1
+            if entry[2] == 0:
+                setattr(obj, name, entry[1])
+                del _SWITCHES[key]
 
 
 @contextlib.contextmanager
@@ -386,33 +422,34 @@ def capture_attention(
             )
     record = AttentionRecord(prefix_tokens=num_prefix_tokens(model), class_token=has_class_token(model))
     handles: list = []
-    fused: list = []  # (module, old fused_attn)
-    configs: list = []  # (config, old _attn_implementation)
-    try:
+    with contextlib.ExitStack() as switches:
+        configs: list = []
         for module, kind in zip(modules, kinds):
-            if kind == "timm" and module.fused_attn:
-                fused.append((module, module.fused_attn))
-                module.fused_attn = False
-            elif kind == "hf" and all(c is not module.config for c, _ in configs):
-                configs.append((module.config, module.config._attn_implementation))
-                module.config._attn_implementation = "eager"
-            handles.extend(_HOOKS[kind](module, record, differentiable))
-        for block in blocks or ():
+            if kind == "timm":
+                switches.enter_context(_switched(module, "fused_attn", False))
+            elif kind == "hf" and all(c is not module.config for c in configs):
+                configs.append(module.config)
+                switches.enter_context(_switched(module.config, "_attn_implementation", "eager"))
+        try:
+            for module, kind in zip(modules, kinds):
+                handles.extend(_HOOKS[kind](module, record, differentiable))
+            for block in blocks or ():
+                handles.append(block.register_forward_hook(_block_hook(record, differentiable)))
+            yield record
+        finally:
+            for handle in handles:
+                handle.remove()
 
-            def block_hook(mod, args, output):
-                tokens = output[0] if isinstance(output, tuple) else output
-                record.block_outputs.append(tokens if differentiable else tokens.detach().clone())
-                record.block_modules.append(mod)
 
-            handles.append(block.register_forward_hook(block_hook))
-        yield record
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, old in reversed(fused):
-            module.fused_attn = old
-        for config, old in reversed(configs):
-            config._attn_implementation = old
+def _block_hook(record: AttentionRecord, differentiable: bool) -> Callable:
+    def hook(mod, args, output):
+        if threading.get_ident() != record.thread:
+            return
+        tokens = output[0] if isinstance(output, tuple) else output
+        record.block_outputs.append(tokens if differentiable else tokens.detach().clone())
+        record.block_modules.append(mod)
+
+    return hook
 
 
 def stack_by_module(record: AttentionRecord, modules: Sequence[nn.Module]) -> List[torch.Tensor]:
