@@ -738,3 +738,19 @@ def test_two_threads_on_one_model(three_vits):
         assert all(getattr(m, "fused_attn", True) for m in find_attention_modules(model)), name
         assert getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") == "sdpa", name
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["AttentionRollout", "TransformerAttribution", "LeGrad"])
+def test_on_the_gpu_the_maps_equal_the_cpu_ones(method):
+    import camlib
+    from camlib.utils.model_targets import ClassifierOutputTarget
+
+    tv = torchvision_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(4)]
+    cls = getattr(camlib, method)
+    expected = cls(tv)(x, targets)
+    for model in (tv, timm_vit_like(tv)):
+        got = cls(model.cuda())(x.cuda(), targets)
+        assert abs(got - expected).max() < 1e-3
