@@ -23,8 +23,12 @@ def _entries() -> dict[str, MethodInfo]:
     return entries
 
 
-def method_names() -> list[str]:
-    return sorted(_entries())
+def method_names(*, attention: bool = False) -> list[str]:
+    """The methods to test. Methods that explain a transformer's attention
+    (``capabilities.needs_attention``) need global self-attention (ViT, DeiT) and refuse CNNs,
+    detectors and 3-D models, so they are left out unless ``attention=True``;
+    tests/test_attention_methods.py and the timm ViT suite test them."""
+    return sorted(name for name, entry in _entries().items() if attention or not entry.capabilities.needs_attention)
 
 
 def info(name: str) -> MethodInfo:
@@ -41,6 +45,8 @@ def _names_where(flag: str) -> set[str]:
 
 #: Methods that wrap another method.
 META_METHODS = _names_where("wraps_method")
+#: Methods that explain attention maps: only for transformers with global self-attention.
+ATTENTION_METHODS = _names_where("needs_attention")
 #: Methods that run many extra forward passes: tested with a larger batch_size.
 PERTURBATION_METHODS = _names_where("extra_forwards")
 #: Methods whose map is a random draw.

@@ -34,6 +34,7 @@ gallery = _load_script()
 
 
 def _method_classes() -> set:
+    """Every method class, except those that explain attention: the demo model is a CNN."""
     wrappers = {"FinerCAM", "RefineCAM", "SESS"}
     return {
         getattr(camlib, name)
@@ -43,6 +44,7 @@ def _method_classes() -> set:
             (issubclass(getattr(camlib, name), camlib.BaseCAM) and getattr(camlib, name) is not camlib.BaseCAM)
             or name in wrappers
         )
+        and not getattr(getattr(camlib, name), "capabilities", camlib.Capabilities()).needs_attention
     }
 
 

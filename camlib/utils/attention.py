@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
@@ -62,6 +61,7 @@ from torch import nn
 
 from camlib.capture import Capture, detach_tree
 from camlib.utils.batched import score_outputs
+from camlib.utils.messages import warn_user
 from camlib.utils.reshape_transforms import infer_reshape_transform, num_prefix_tokens
 
 __all__ = [
@@ -544,11 +544,10 @@ def attention_pass(
                 for a, g in zip(attentions, _gradients(score, attentions))
             ]
     if grads is not None and not any(bool(g.any()) for g in grads):
-        warnings.warn(
+        warn_user(
             "the gradient of the target score with respect to every attention map is zero, so the map is "
             "blank; check the targets (an untrained classifier head, such as torchvision's zero-initialised "
-            "one, gives zero gradients)",
-            stacklevel=3,
+            "one, gives zero gradients)"
         )
     return Capture(
         input=x.detach(),
