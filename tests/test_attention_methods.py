@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import optional
 from torch import nn
 
 from camlib.attention_rollout import attention_rollout, fuse_heads
@@ -37,7 +38,7 @@ from camlib.utils.attention import (
 )
 from camlib.utils.reshape_transforms import num_prefix_tokens
 
-timm = pytest.importorskip("timm")
+timm = optional("timm")  # skips only the tests that use it
 
 # ---------------------------------------------------------------------------------------------
 # A 2-block toy transformer with hand-set attention: tokens [cls, p1, p2] (a 1 x 2 patch grid
@@ -227,9 +228,7 @@ def torchvision_vit(seed: int = 0, image_size: int = 32) -> nn.Module:
 
 
 def timm_vit_like(tv: nn.Module) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    model = VisionTransformer(
+    model = timm.models.vision_transformer.VisionTransformer(
         img_size=tv.image_size, patch_size=16, embed_dim=DIM, depth=2, num_heads=HEADS, mlp_ratio=MLP / DIM,
         qkv_bias=True, num_classes=CLASSES,
     ).eval()
@@ -286,11 +285,12 @@ def logits(output) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def three_vits():
     tv = torchvision_vit()
-    models = {"torchvision": tv, "timm": timm_vit_like(tv)}
-    try:
-        models["hf"] = hf_vit_like(tv)
-    except pytest.skip.Exception:
-        pass
+    models = {"torchvision": tv}
+    for name, make in (("timm", timm_vit_like), ("hf", hf_vit_like)):
+        try:
+            models[name] = make(tv)
+        except pytest.skip.Exception:  # optional package missing: its comparisons are left out
+            pass
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = tv(x)
@@ -386,8 +386,8 @@ def test_torchvision_caller_still_gets_the_weights_it_asked_for():
 
 
 def test_prefix_tokens_and_grid_for_distillation_and_register_tokens():
-    from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import VisionTransformer
+    VisionTransformerDistilled = timm.models.deit.VisionTransformerDistilled
+    VisionTransformer = timm.models.vision_transformer.VisionTransformer
 
     torch.manual_seed(0)
     deit = VisionTransformerDistilled(img_size=(32, 48), patch_size=16, embed_dim=32, depth=2, num_heads=2).eval()
@@ -487,7 +487,7 @@ def test_rollout_options_and_class_agnostic_default_targets(three_vits):
     from camlib import AttentionRollout
 
     models, x = three_vits
-    model = models["timm"]
+    model = models["timm"] if "timm" in models else timm_vit_like(models["torchvision"])
     plain = AttentionRollout(model)(x)
     assert plain.shape == (2, 32, 32)
     different = AttentionRollout(model, head_fusion="min", discard_ratio=0.9)(x)
@@ -503,10 +503,10 @@ def test_rollout_options_and_class_agnostic_default_targets(three_vits):
 
 
 def test_distillation_and_register_tokens_through_the_classes():
-    from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import VisionTransformer
-
     from camlib import AttentionRollout, LeGrad, TransformerAttribution
+
+    VisionTransformerDistilled = timm.models.deit.VisionTransformerDistilled
+    VisionTransformer = timm.models.vision_transformer.VisionTransformer
 
     torch.manual_seed(0)
     deit = VisionTransformerDistilled(img_size=(32, 64), patch_size=16, embed_dim=32, depth=2, num_heads=2,
@@ -705,7 +705,7 @@ def test_batch_equals_single_images_and_half_precision(three_vits, method):
 
     models, x = three_vits
     cls = getattr(camlib, method)
-    model = models["timm"]
+    model = models["timm"] if "timm" in models else timm_vit_like(models["torchvision"])
     targets = [ClassifierOutputTarget(0), ClassifierOutputTarget(2)]
     batch = cls(model)(x, targets)
     single = [cls(model)(x[i : i + 1], [targets[i]])[0] for i in range(2)]
