@@ -19,29 +19,6 @@ by chunk, the scores stay on the device, and the user's model is never modified
 (nothing is swapped into it; the hook is removed in ``finally``). A split is
 only used after checking that it reproduces the model's output on the input.
 
-Differences from pytorch-grad-cam 1.5.7, on purpose:
-
-* Every ablated copy gets the same ablation value (0, or the image's minimum
-  minus 1e7). pytorch-grad-cam recomputes the minimum after each copy it has
-  already ablated, so the k-th copy of a batch gets ``min - k * 1e7``: its
-  maps depend on ``batch_size`` for layers whose minimum is not 0.
-* ``ratio_channels_to_ablate > 0.5``: a channel chosen twice (as high- and
-  low-scoring) is ablated once; pytorch-grad-cam's bookkeeping then gives the
-  wrong score to every later channel. Channels with equal scores are ranked by
-  index (NumPy's unstable sort decides there), so with ties the chosen
-  channels can differ.
-* An image whose target score is exactly 0 makes ``(y - y_k) / y`` undefined
-  (pytorch-grad-cam returns NaN maps): its map uses ``y - y_k``, with a warning.
-* :class:`~camlib.ablation_layer.AblationLayerFasterRCNN` reads the levels
-  and channel counts from the FPN's dict instead of assuming five levels of
-  256 channels, so FPNs with fewer levels work.
-* With ``ablation_layer=None``, token (``[B, N, C]``) and channels-last
-  outputs get :class:`~camlib.ablation_layer.AblationLayerVit` automatically,
-  and a dict of feature maps (a detector's FPN)
-  :class:`~camlib.ablation_layer.AblationLayerFasterRCNN`.
-* On the split path the ablated copies only run through the part of the model
-  after the target layer: forward hooks the user put on modules before it
-  (or on containers around it) do not fire for them.
 """
 
 from __future__ import annotations

@@ -11,19 +11,6 @@ in place of the target layers for the scoring passes only; the original layers
 (the same objects) are put back in ``finally``, so the model is unchanged after
 a call, also when it raises.
 
-Deviations from pytorch-grad-cam 1.5.7's ``ablation_cam_multilayer`` module,
-which does not run there (its ``get_cam_weights`` takes one argument fewer than
-``BaseCAM`` passes, its ``AblationLayer.forward`` returns None and the trimming
-of the last batch passes ``self`` twice), so this module implements its evident
-intent:
-
-* Targets are the usual callables (``ClassifierOutputTarget(281)``), not class
-  indices, and the top class is used for ``targets=None``.
-* The ablation value is chosen per ablated copy (0 when that copy's layer output
-  has minimum 0, else its minimum minus ``1e5``) instead of over the whole
-  batch of copies, so the maps do not depend on ``batch_size``.
-* Layers whose channels do not match raise a ``ValueError`` at call time
-  instead of a printed warning at construction.
 """
 
 from __future__ import annotations
@@ -185,8 +172,7 @@ class AblationCAM(BaseCAM):
         L^c = \frac{1}{|\mathcal{L}|}\sum_l \mathrm{norm}(L^c_l)
 
     (an image whose score is exactly 0 gets the plain drop :math:`y^c - y^c_k`,
-    with a warning). See the module docstring for how this differs from
-    pytorch-grad-cam's broken module of the same name.
+    with a warning).
 
     Cost: one forward pass, then one forward pass of the whole model per
     channel per image, ``batch_size`` at a time.

@@ -9,15 +9,6 @@ Channels that give the same mask are scored once: channels with identical
 values share one forward pass, and every constant channel (all zeros, for
 example, common after a ReLU) gives the all-zero mask, scored once per image.
 
-Differences from pytorch-grad-cam 1.5.7, on purpose:
-
-* A constant channel's mask is exactly zero, as the formula says. In
-  pytorch-grad-cam, upsampling a constant non-zero channel leaves rounding
-  noise (~1e-7) that the min-max normalisation blows up to a mask of values
-  up to ~1. All-zero channels, and everything else, give the same masks.
-* 5-D input (volumes, clips) is supported: masks are upsampled trilinearly.
-* One progress bar for the whole call (``progress=False`` or
-  ``CAMLIB_DISABLE_PROGRESS=1`` silences it), not one per image.
 """
 
 from __future__ import annotations

@@ -16,12 +16,6 @@ other callable is called once per image with ``[C, *S]`` and ``[*S]`` CPU
 tensors, exactly as pytorch-grad-cam calls it, so custom perturbations keep
 working.
 
-Difference from pytorch-grad-cam: with ``percentile='auto'`` (Otsu's
-threshold), pytorch-grad-cam's :class:`RemoveMostRelevantFirst` keeps the
-pixels above the threshold and removes the others, the opposite of its
-percentile mode and of its name (and :class:`RemoveLeastRelevantFirst` is
-reversed the same way). Here both modes remove the most relevant pixels
-(resp. the least relevant ones).
 """
 
 from __future__ import annotations
@@ -417,9 +411,7 @@ class RemoveMostRelevantFirst:
     Calling it with an image ``[C, *S]`` and a map ``[*S]`` (or batches of
     them) returns the perturbed image(s).
 
-    Difference from pytorch-grad-cam: its ``'auto'`` mode removes the pixels
-    *below* Otsu's threshold (the least relevant ones), the opposite of its
-    percentile mode; here both modes remove the most relevant pixels.
+    Both modes remove the most relevant pixels.
     """
 
     accepts_batches: ClassVar[bool] = True
@@ -470,7 +462,7 @@ class RemoveLeastRelevantFirst(RemoveMostRelevantFirst):
     The same as :class:`RemoveMostRelevantFirst` applied to ``1 - map``: with
     a number ``p``, the pixels where ``1 - map`` is at or above its ``p``-th
     percentile are replaced; with ``'auto'``, those where ``1 - map`` is above
-    Otsu's threshold (pytorch-grad-cam reverses this ``'auto'`` case too).
+    Otsu's threshold.
     """
 
     def _relevance(self, mask: torch.Tensor) -> torch.Tensor:

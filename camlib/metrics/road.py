@@ -26,20 +26,6 @@ SciPy's sparse LU, several times faster there; ``solver=`` chooses. See
 :mod:`camlib.metrics._imputation`. Both agree with pytorch-grad-cam's
 ``spsolve`` to about 1e-6.
 
-Differences from pytorch-grad-cam:
-
-* pytorch-grad-cam's ``NoisyLinearImputer`` ignores its ``weighting``
-  argument (it always uses :data:`neighbors_weights`); here the weighting is
-  used. With weights that sum to 1, as the default ones do, the system is the
-  one pytorch-grad-cam would build with them; in general each removed pixel is
-  the weighted *mean* of its in-image neighbours.
-* its ``'auto'`` threshold removes the wrong pixels; see
-  :mod:`camlib.metrics.perturbation_confidence`.
-* when no pixel of an image is kept (e.g. a map that ties at its minimum
-  on more than ``100 - percentile`` percent of the image), the system has no
-  unique solution; the removed pixels become 0 (plus noise), as SciPy's
-  ``spsolve`` happens to return there, and a ``RuntimeWarning`` says so.
-
 The noise is drawn per image, in the same order and with the same calls as
 pytorch-grad-cam, from torch's global CPU generator unless a ``generator`` is
 given, so after ``torch.manual_seed(s)`` both libraries add the same noise.
@@ -146,9 +132,6 @@ class NoisyLinearImputer:
     Calling it with an image ``[C, H, W]`` and a mask ``[H, W]`` (or batches
     ``[N, C, H, W]`` and ``[N, H, W]``; 1 keeps a pixel, 0 removes it) returns
     the imputed image(s), same shape, dtype and device.
-
-    Difference from pytorch-grad-cam: there, ``weighting`` is ignored and the
-    default neighbours are always used.
 
     Example:
         >>> import torch
