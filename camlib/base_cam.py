@@ -60,6 +60,7 @@ import ttach as tta
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture, autograd_gradients, capture, capture_with_graph, describe_module
+from camlib.utils import legacy as _legacy
 from camlib.utils.image import at_least_float32, scale_cam_image
 from camlib.utils.messages import warn_user
 from camlib.utils.model_outputs import OutputAdaptedTarget, logits_of
@@ -141,7 +142,9 @@ class BaseCAM:
         if legacy and "capabilities" not in cls.__dict__:
             # A subclass written with class attributes (``uses_gradients = False``) gets its record from them.
             cls.capabilities = cls.capabilities.but(**legacy)
+        _legacy.wrap_class(cls)  # older spellings and numpy overrides (camlib.utils.legacy)
 
+    @_legacy.legacy_init
     def __init__(
         self,
         model: torch.nn.Module,
@@ -197,6 +200,7 @@ class BaseCAM:
         """Channel weights ``[B, C]`` for one layer. Implemented by most methods."""
         raise NotImplementedError(f"{type(self).__name__} must implement get_cam_weights or get_cam_image")
 
+    @_legacy.array_boundary
     def get_cam_image(
         self,
         input_tensor: torch.Tensor,
@@ -216,7 +220,7 @@ class BaseCAM:
         By default :meth:`get_cam_image` of its activations and gradients."""
         grads = None if capture.gradients is None else capture.gradients[index]
         return self.get_cam_image(
-            capture.input, capture.layers[index], list(capture.targets), capture.activations[index], grads, eigen_smooth
+            _legacy.input_with_grad(capture), capture.layers[index], list(capture.targets), capture.activations[index], grads, eigen_smooth
         )
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
@@ -231,6 +235,7 @@ class BaseCAM:
     def prepare_input(self, input_tensor: Any) -> torch.Tensor:
         """The checked input, detached, on the model's device and in its floating-point dtype."""
         ndims = (4, 5) if type(self).capabilities.volumetric else (4,)
+        input_tensor = _legacy.uint8_input(input_tensor)
         return check_input_tensor(input_tensor, self.device, model_float_dtype(self.model), ndims, type(self).__name__)
 
     # -- stage 2: capture ------------------------------------------------------------
@@ -336,6 +341,11 @@ class BaseCAM:
         """Stage 5: ``[B, L, *S]`` per-layer maps -> their mean, scaled to [0, 1]: ``[B, *S]``."""
         return scale_cam_image(torch.relu(maps).mean(dim=1))
 
+    def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: List[Callable], eigen_smooth: bool) -> list:
+        """pytorch-grad-cam's per-layer maps from ``activations_and_grads``: ``np.float32 [B, 1, *S]``
+        each (see :func:`camlib.utils.legacy.compute_cam_per_layer`)."""
+        return _legacy.compute_cam_per_layer(self, input_tensor, targets, eigen_smooth)
+
     def aggregate_multi_layers(self, cam_per_target_layer: Sequence[Any]) -> np.ndarray:
         """pytorch-grad-cam's aggregation of ``[B, 1, *S]`` maps (numpy or torch): ``[B, *S]``."""
         stacked = torch.cat([torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m) for m in cam_per_target_layer], dim=1)
@@ -403,6 +413,7 @@ class BaseCAM:
             float32 maps in [0, 1]: ``[B, *S]``, or ``[B, L, *S]`` with ``per_layer``.
         """
         self.outputs = None
+        _legacy.training_mode_note(self)
         self._check_call(eigen_smooth, aug_smooth, per_layer)
         x = self.prepare_input(input_tensor)
         targets = check_targets(targets, x.shape[0])
@@ -433,9 +444,16 @@ class BaseCAM:
         self.activations_and_grads.gradients = [] if record.gradients is None else list(record.gradients)
 
     def forward(
-        self, input_tensor: torch.Tensor, targets: Optional[List[Callable]] = None, eigen_smooth: bool = False
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Callable]] = None,
+        eigen_smooth: bool = False,
+        **legacy_kwargs: Any,
     ) -> np.ndarray:
         """Maps for one batch, without augmentation: ``np.float32 [B, *spatial]``."""
+        targets = _legacy.call_targets(self, input_tensor, targets, legacy_kwargs)
+        if _legacy.runs_1_5_7_pipeline(self):
+            return _legacy.forward_1_5_7(self, input_tensor, targets, eigen_smooth)
         return to_numpy(self.compute(input_tensor, targets, eigen_smooth=eigen_smooth))
 
     def forward_augmentation_smoothing(
@@ -458,6 +476,7 @@ class BaseCAM:
         eigen_smooth: bool = False,
         *,
         per_layer: bool = False,
+        **legacy_kwargs: Any,
     ) -> np.ndarray:
         """Compute the maps.
 
@@ -475,6 +494,9 @@ class BaseCAM:
             ``np.float32`` maps in [0, 1]: ``[B, *spatial]``, or
             ``[B, L, *spatial]`` with ``per_layer``.
         """
+        targets = _legacy.call_targets(self, input_tensor, targets, legacy_kwargs)
+        if not per_layer and (_legacy.overrides(self, "forward") or _legacy.runs_1_5_7_pipeline(self)):
+            return _legacy.call_overridden_forward(self, input_tensor, targets, aug_smooth, eigen_smooth)
         if aug_smooth:
             return self.forward_augmentation_smoothing(input_tensor, targets, eigen_smooth, per_layer=per_layer)
         if per_layer:

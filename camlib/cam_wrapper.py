@@ -25,6 +25,7 @@ import torch
 
 from camlib.base_cam import BaseCAM, to_numpy
 from camlib.capabilities import Capabilities
+from camlib.utils.legacy import call_targets
 
 __all__ = ["CAMWrapper", "build_base_cam"]
 
@@ -111,8 +112,10 @@ class CAMWrapper:
         *,
         aug_smooth: bool = False,
         per_layer: bool = False,
+        **legacy_kwargs: Any,
     ) -> np.ndarray:
-        """The maps as ``np.float32`` (see :meth:`compute`)."""
+        """The maps as ``np.float32`` (see :meth:`compute`); class indices as targets are the older spelling."""
+        targets = call_targets(self, input_tensor, targets, legacy_kwargs)
         return to_numpy(
             self.compute(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer)
         )

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.autograd import Function
 
+from camlib.utils.legacy import guided_backprop_device
 from camlib.utils.model_state import eval_mode
 
 __all__ = [
@@ -161,9 +162,10 @@ class _ReLURuleModel:
 
     _rule: Type[Function]
 
-    def __init__(self, model: nn.Module, device: Union[str, torch.device, None] = None) -> None:
+    def __init__(self, model: nn.Module, device: Union[str, torch.device, None] = None, **legacy_kwargs) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        device = guided_backprop_device(self, model, device, legacy_kwargs)  # the older use_cuda
         self.model = model
         if device is None:
             first = next(iter(model.parameters()), None)

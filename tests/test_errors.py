@@ -99,7 +99,10 @@ def test_wrong_number_of_targets(model):
     with pytest.raises(TypeError, match="wrap it"):
         GradCAM(model, [model.features[-1]])(x[:1], ClassifierOutputTarget(0))
     with pytest.raises(TypeError, match="must be callable"):
-        GradCAM(model, [model.features[-1]])(x[:1], [3])
+        GradCAM(model, [model.features[-1]])(x[:1], ["3"])
+    # class indices where the targets go are the older spelling (camlib.utils.legacy), with one per image
+    with pytest.warns(FutureWarning, match="before 1.3.6"), pytest.raises(ValueError, match="got 2 targets"):
+        GradCAM(model, [model.features[-1]])(x, [3, 4])
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,7 @@ def test_wrong_number_of_targets(model):
         (np.zeros((1, 3, 16, 16), dtype=np.float32), TypeError, "torch.from_numpy"),
         (torch.zeros(3, 16, 16), ValueError, r"unsqueeze\(0\)"),
         (torch.zeros(16, 16), ValueError, "4-D"),
-        (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), TypeError, "floating-point"),
+        (torch.zeros(1, 3, 16, 16, dtype=torch.int64), TypeError, "floating-point"),
         (torch.full((1, 3, 16, 16), float("nan")), ValueError, "NaN or Inf"),
         (torch.full((1, 3, 16, 16), float("inf")), ValueError, "NaN or Inf"),
         (torch.zeros(0, 3, 16, 16), ValueError, "empty batch"),
@@ -117,6 +120,12 @@ def test_wrong_number_of_targets(model):
 def test_bad_input_tensor(model, bad, error, message):
     with pytest.raises(error, match=message):
         GradCAM(model, [model.features[-1]])(bad)
+
+
+def test_uint8_input_is_cast_with_a_warning(model):
+    # a uint8 image given to a model that prepares its own input (camlib.utils.legacy.uint8_input)
+    with pytest.warns(UserWarning, match="input_tensor is uint8"):
+        GradCAM(model, [model.features[-1]])(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
