@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from camlib.base_cam import BaseCAM
@@ -13,8 +14,9 @@ __all__ = ["RandomCAM"]
 
 @register_method("randomcam", title="RandomCAM")
 class RandomCAM(BaseCAM):
-    r"""Random channel weights :math:`w_k \sim U(-1, 1)`, drawn with torch's
-    generator on the model's device (seed it with ``torch.manual_seed``).
+    r"""Random channel weights :math:`w_k \sim U(-1, 1)`, drawn from numpy's global
+    generator as pytorch-grad-cam draws them (seed it with ``np.random.seed``: the
+    same seed gives the same maps as grad-cam 1.5.7).
 
     .. math::
         L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big)
@@ -23,10 +25,10 @@ class RandomCAM(BaseCAM):
     Output: ``np.float32 [B, H, W]`` in [0, 1].
 
     Example:
-        >>> import torch, torchvision
+        >>> import numpy as np, torch, torchvision
         >>> from camlib import RandomCAM
         >>> model = torchvision.models.resnet18(weights=None)
-        >>> _ = torch.manual_seed(0)
+        >>> np.random.seed(0)
         >>> with RandomCAM(model, [model.layer4[-1]]) as cam:
         ...     cam(torch.randn(1, 3, 64, 64)).shape
         (1, 64, 64)
@@ -35,4 +37,5 @@ class RandomCAM(BaseCAM):
     capabilities = Capabilities(gradients=False, class_specific=False, stochastic=True)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
-        return torch.rand(activations.shape[:2], device=activations.device) * 2 - 1
+        weights = np.random.uniform(-1, 1, size=tuple(activations.shape[:2]))
+        return torch.from_numpy(weights).to(device=activations.device, dtype=torch.float32)

@@ -79,7 +79,7 @@ def net():
 
 
 def _maps(name, model, layers, x, targets, **kwargs):
-    torch.manual_seed(0)  # RandomCAM
+    np.random.seed(0)  # RandomCAM draws from numpy's generator, as pytorch-grad-cam
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return build(name, model, layers, **kwargs)(x, targets)
