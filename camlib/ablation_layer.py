@@ -170,7 +170,15 @@ class AblationLayer(torch.nn.Module):
 
     # -- how to ablate ------------------------------------------------------------------
     def num_channels(self, activations: Any) -> int:
-        """How many channels this layer can ablate in ``activations`` (the layer's raw output)."""
+        """How many channels this layer can ablate in ``activations`` (the layer's raw output).
+
+        A subclass written for pytorch-grad-cam's protocol (it overrides ``set_next_batch``
+        or ``__call__``) may take a tuple or list of feature maps, as mmdet's does for a
+        neck: their channels on dim 1, counted in order."""
+        if isinstance(activations, (tuple, list)) and _uses_legacy_protocol(type(self)):
+            maps = [a for a in activations if isinstance(a, torch.Tensor) and a.ndim >= 2]
+            if maps:
+                return int(sum(a.shape[1] for a in maps))
         if not isinstance(activations, torch.Tensor):
             raise TypeError(
                 f"{type(self).__name__} ablates a tensor output, but the target layer returned a "

@@ -37,5 +37,5 @@ class RandomCAM(BaseCAM):
     capabilities = Capabilities(gradients=False, class_specific=False, stochastic=True)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
-        weights = np.random.uniform(-1, 1, size=tuple(activations.shape[:2]))
+        weights = np.random.uniform(-1, 1, size=tuple(activations.shape[:2]))  # noqa: NPY002 (as 1.5.7)
         return torch.from_numpy(weights).to(device=activations.device, dtype=torch.float32)

@@ -64,6 +64,12 @@ def _device_of(model: Any, fallback: torch.device) -> torch.device:
 
 
 def as_cam_tensor(cams: Any, name: str = "cams") -> torch.Tensor:
+    """Maps as a float32 tensor: a numpy array or tensor, boolean masks as 0/1 (as in
+    pytorch-grad-cam's tutorial, ``cams < np.percentile(cams, 75)``), or a list of per-image maps."""
+    if isinstance(cams, (list, tuple)) and cams and all(isinstance(c, (np.ndarray, torch.Tensor)) for c in cams):
+        return torch.stack([as_cam_tensor(c, name).cpu() for c in cams])
+    if isinstance(cams, (np.ndarray, torch.Tensor)) and cams.dtype in (np.bool_, torch.bool):
+        cams = cams.astype(np.float32) if isinstance(cams, np.ndarray) else cams.float()
     if isinstance(cams, np.ndarray):
         if not np.issubdtype(cams.dtype, np.number) or np.issubdtype(cams.dtype, np.complexfloating):
             raise TypeError(f"{name} must hold real numbers, got a numpy array of dtype {cams.dtype}")

@@ -276,10 +276,12 @@ def array_boundary(func: Callable) -> Callable:
 
 # -- 1.5.7's pipeline ----------------------------------------------------------------------
 def overrides(cam: Any, name: str) -> bool:
-    """Whether ``type(cam)`` takes ``name`` from a class outside camlib."""
+    """Whether a subclass of ``type(cam)`` below camlib's classes defines ``name``."""
     for klass in type(cam).__mro__:
+        if klass.__module__.startswith(_CAMLIB):
+            return False
         if name in klass.__dict__:
-            return not klass.__module__.startswith(_CAMLIB)
+            return True
     return False
 
 
