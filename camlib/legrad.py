@@ -116,8 +116,9 @@ class LeGrad(BaseCAM):
     Args:
         model: a vision transformer.
         target_layers: the transformer blocks to explain (modules containing
-            one attention module each, e.g. ``model.encoder.layers[-2:]``);
-            empty or None: the last two blocks.
+            one attention module each, e.g. ``model.encoder.layers[-2:]``; a
+            layer inside a block, such as ``blocks[-2].norm1``, names its
+            block); empty or None: the last two blocks.
         reshape_transform: lays per-token values ``[B, N, 1]`` out as
             ``[B, 1, h, w]``; None infers the patch grid.
         score_projection: maps a block's tokens ``[B, N, C]`` to the scores
@@ -167,7 +168,7 @@ class LeGrad(BaseCAM):
         all_attention = global_attention_modules(model)  # first: a CNN is told it needs attention
         self.score_projection = mean_pooled_head(model) if score_projection is None else score_projection
         if self.target_layers:
-            self.attention_modules = [_attention_in(layer, all_attention) for layer in self.target_layers]
+            self.attention_modules = [_attention_in(model, layer, all_attention) for layer in self.target_layers]
         else:
             self.attention_modules = all_attention[-2:]
         self.blocks = transformer_blocks(model, self.attention_modules)
@@ -193,13 +194,23 @@ class LeGrad(BaseCAM):
         return [relevance_map(relevance, capture.spatial_size, self.prefix_tokens, self.reshape_transform)]
 
 
-def _attention_in(layer: torch.nn.Module, attention_modules: Sequence[torch.nn.Module]) -> torch.nn.Module:
-    """The one attention module that is ``layer`` or inside it."""
-    inside = [m for m in attention_modules if any(m is sub for sub in layer.modules())]
-    if len(inside) != 1:
-        raise ValueError(
-            f"LeGrad's target layers are transformer blocks holding one attention module each; "
-            f"{repr(layer).splitlines()[0]} holds {len(inside)}. Pass blocks such as "
-            "model.encoder.layers[-2:] (torchvision), model.blocks[-2:] (timm), or an empty list for the last two"
-        )
-    return inside[0]
+def _attention_in(
+    model: torch.nn.Module, layer: torch.nn.Module, attention_modules: Sequence[torch.nn.Module]
+) -> torch.nn.Module:
+    """The one attention module inside ``layer``, or inside the smallest module holding
+    ``layer`` that has exactly one (so a ViT's usual CAM layer, ``blocks[-2].norm1``,
+    names its block)."""
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    node: Optional[torch.nn.Module] = layer
+    while node is not None:
+        inside = [m for m in attention_modules if any(m is sub for sub in node.modules())]
+        if len(inside) == 1:
+            return inside[0]
+        if len(inside) > 1:
+            break
+        node = parents.get(id(node))
+    raise ValueError(
+        f"LeGrad's target layers are transformer blocks holding one attention module each (or layers "
+        f"inside one); {repr(layer).splitlines()[0]} holds {len(inside)}. Pass blocks such as "
+        "model.encoder.layers[-2:] (torchvision), model.blocks[-2:] (timm), or an empty list for the last two"
+    )

@@ -551,8 +551,11 @@ def test_legrad_blocks_default_and_errors(three_vits):
     tv = models["torchvision"]
     assert LeGrad(tv).blocks == list(tv.encoder.layers)[-2:]
     assert LeGrad(tv, [tv.encoder.layers[1]]).attention_modules == [tv.encoder.layers[1].self_attention]
+    assert LeGrad(tv, [tv.encoder.layers[0].ln_1]).blocks == [tv.encoder.layers[0]]  # a layer names its block
     with pytest.raises(ValueError, match="holds 2"):
         LeGrad(tv, [tv.encoder])
+    with pytest.raises(ValueError, match="holds 2"):
+        LeGrad(tv, [tv.encoder.ln])  # after the blocks: its ancestors hold both
     with pytest.raises(ValueError, match="score_projection="):
         LeGrad(ToyViT())
     with pytest.raises(TypeError, match="score_projection must be a function"):
