@@ -24,6 +24,7 @@ only used after checking that it reproduces the model's output on the input.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Iterator, List, Optional
@@ -37,8 +38,14 @@ from camlib.base_cam import BaseCAM, weighted_sum_map
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.batched import batched_target_scores, score_outputs
+from camlib.utils.batched import (
+    batched_target_scores,
+    check_finite_scores,
+    score_outputs,
+    warn_if_scores_equal,
+)
 from camlib.utils.fx_split import LayerSplit, outputs_match, split_after_layer
+from camlib.utils.model_state import eager_module
 
 __all__ = ["AblationCAM", "LayerSplit", "split_after_layer"]  # the split lives in camlib.utils.fx_split
 
@@ -212,6 +219,7 @@ class AblationCAM(BaseCAM):
         layer = self._layer_for(raw, num_channels)
         device = activations.device
         original = score_outputs(capture.outputs, targets).to(device)
+        check_finite_scores(original, "the target score", "Ablation-CAM's relative drops (y - y_k) / y would be NaN")
         ablated_scores = original[:, None].repeat(1, num_channels)
         channels = [self._channels_to_ablate(layer, activations[b], num_channels) for b in range(batch)]
         if not any(c.numel() for c in channels):
@@ -236,15 +244,24 @@ class AblationCAM(BaseCAM):
         else:
             path = "split"
             scores = self._score_split(x, split, plan, ablated, targets_for, common)
+        check_finite_scores(
+            scores, "the target score of an ablated copy", "Ablation-CAM's weights would be NaN"
+        )
         rows = torch.tensor(plan.image, device=device)
         ablated_scores[rows, plan.channel] = scores.to(device)
+        image = torch.arange(batch, device=device).repeat_interleave(num_channels)
+        warn_if_scores_equal(
+            torch.cat([ablated_scores.reshape(-1), original]), torch.cat([image, torch.arange(batch, device=device)]),
+            "AblationCAM", "ablated copies (and the unablated input)",
+            "no channel changes the score: every weight is 0 and the map is blank",
+        )  # fmt: skip
         return self._normalised_drop(original, ablated_scores), path
 
     def _checked_split(
         self, x: torch.Tensor, target_layer: torch.nn.Module, raw: Any, outputs: Any
     ) -> Optional[LayerSplit]:
         """The split at ``target_layer``, if it reproduces the model's output on ``x``."""
-        split = split_after_layer(self.model, target_layer)
+        split = split_after_layer(eager_module(self.model), target_layer)
         if split is None:
             return None
         with torch.no_grad():
@@ -285,12 +302,18 @@ class AblationCAM(BaseCAM):
         rows = torch.tensor(plan.image, device=x.device)
         replacement: dict = {}
 
+        owner = threading.get_ident()
+
         def replace_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None  # another thread's forward pass on the model (e.g. the user's own)
             return replacement["output"]
+
+        model = eager_module(self.model)  # a compiled graph may skip the hook
 
         def run(chunk: tuple) -> Any:
             inputs, replacement["output"] = chunk
-            return self.model(inputs)
+            return model(inputs)
 
         def make_inputs(start: int, stop: int) -> tuple:
             return x[rows[start:stop]], ablated(start, stop)

@@ -16,6 +16,7 @@ a call, also when it raises.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence
 
@@ -25,8 +26,9 @@ import torch
 from camlib.base_cam import BaseCAM, weighted_sum_map
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture, describe_module
-from camlib.utils.batched import batched_target_scores, score_outputs
+from camlib.utils.batched import batched_target_scores, check_finite_scores, score_outputs
 from camlib.utils.find_layers import replace_layer_recursive
+from camlib.utils.model_state import eager_module
 
 __all__ = ["AblationCAM", "AblationLayer", "replace_layer_recursive"]
 
@@ -82,11 +84,15 @@ class AblationLayer(torch.nn.Module):
             (1 if reshape_transform is None else -1) if channel_dim is None else int(channel_dim)
         )
         self.calls = 0
+        #: When set, forward passes of other threads go through the layer unablated.
+        self.owner_thread: Optional[int] = None
 
     def extra_repr(self) -> str:
         return f"channel_dim={self.channel_dim}"
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.owner_thread is not None and threading.get_ident() != self.owner_thread:
+            return self.layer(*args, **kwargs)  # another thread's forward pass while swapped in
         self.calls += 1
         return self.ablate(self.layer(*args, **kwargs))
 
@@ -238,6 +244,7 @@ class AblationCAM(BaseCAM):
         batch, num_channels = capture.activations[0].shape[:2]
         device = capture.activations[0].device
         original = score_outputs(capture.outputs, targets).to(device)
+        check_finite_scores(original, "the target score", "Ablation-CAM's relative drops (y - y_k) / y would be NaN")
         dims = self._channel_dims(capture, num_channels)
         layers = list({id(layer): layer for layer in self.target_layers}.values())
         dim_of = {id(layer): dim for layer, dim in zip(self.target_layers, dims)}
@@ -246,6 +253,7 @@ class AblationCAM(BaseCAM):
         ]
         for wrapper in wrappers:
             wrapper.training = False
+            wrapper.owner_thread = threading.get_ident()
 
         def make_inputs(start: int, stop: int) -> torch.Tensor:
             flat = torch.arange(start, stop, device=input_tensor.device)
@@ -257,9 +265,10 @@ class AblationCAM(BaseCAM):
             return [targets[j // num_channels] for j in range(start, stop)]
 
         try:
-            with _swapped(self.model, layers, wrappers):
+            model = eager_module(self.model)  # held by this call only (BaseCAM's per-model lock)
+            with _swapped(model, layers, wrappers):
                 scores = batched_target_scores(
-                    self.model,
+                    model,
                     batch * num_channels,
                     make_inputs,
                     targets_for,
@@ -276,6 +285,7 @@ class AblationCAM(BaseCAM):
         finally:
             for wrapper in wrappers:
                 wrapper.indices = ()
+        check_finite_scores(scores, "the target score of an ablated copy", "Ablation-CAM's weights would be NaN")
         ablated = scores.to(device).reshape(batch, num_channels)
         zero = original == 0
         if bool(zero.any()):

@@ -59,12 +59,19 @@ import ttach as tta
 
 from camlib.activations_and_gradients import ActivationsAndGradients
 from camlib.capabilities import Capabilities
-from camlib.capture import Capture, autograd_gradients, capture, capture_with_graph, describe_module
+from camlib.capture import (
+    Capture,
+    autograd_gradients,
+    capture,
+    capture_with_graph,
+    check_finite_maps,
+    describe_module,
+)
 from camlib.utils import legacy as _legacy
 from camlib.utils.image import at_least_float32, scale_cam_image
 from camlib.utils.messages import warn_user
 from camlib.utils.model_outputs import OutputAdaptedTarget, logits_of
-from camlib.utils.model_state import eval_mode
+from camlib.utils.model_state import exclusive_eval, exclusive_use
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_enabled
 from camlib.utils.reshape_transforms import num_prefix_tokens
@@ -89,7 +96,15 @@ def weighted_sum_map(weights: torch.Tensor, activations: torch.Tensor, eigen_smo
     ``w_c A_c``): ``[B, C]`` weights and ``[B, C, *S]`` activations -> ``[B, *S]``."""
     weights = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
     weighted = weights.reshape(*weights.shape[:2], *([1] * (activations.ndim - 2))) * activations
-    return get_2d_projection(weighted) if eigen_smooth else weighted.sum(dim=1)
+    result = get_2d_projection(weighted) if eigen_smooth else weighted.sum(dim=1)
+    if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(activations).all() & torch.isfinite(weights).all()):
+        # Finite values whose sum overflows: the map is only defined up to a positive factor per image
+        # (post-processing scales it), so compute it from activations divided by their largest magnitude.
+        peak = activations.abs().reshape(activations.shape[0], -1).amax(dim=1).clamp_min(1e-30)
+        scaled = activations / peak.reshape(-1, *([1] * (activations.ndim - 1)))
+        weighted = weights.reshape(*weights.shape[:2], *([1] * (activations.ndim - 2))) * scaled
+        result = get_2d_projection(weighted) if eigen_smooth else weighted.sum(dim=1)
+    return result
 
 
 def to_numpy(maps: torch.Tensor) -> np.ndarray:
@@ -375,10 +390,11 @@ class BaseCAM:
         default_targets: Optional[Callable],
         aggregate: Optional[Callable[[torch.Tensor], torch.Tensor]],
     ) -> tuple[torch.Tensor, Capture]:
-        with eval_mode(self.model):
+        with exclusive_eval(self.model, type(self).__name__):  # one call at a time per model (README: Threads)
             record = self.capture(x, targets, default_targets=default_targets)
             with torch.no_grad():
                 raw = self.layer_maps(record, eigen_smooth)
+        check_finite_maps(record, raw, type(self).__name__)
         with torch.no_grad():
             maps = self.postprocess(raw, record.input)
             if not per_layer:
@@ -539,14 +555,15 @@ class BaseCAM:
             )
         x = self.prepare_input(input_tensor)
         slots = [self.resolve_targets(None, slot) for slot in _target_slots(targets, x.shape[0])]
-        records = capture_with_graph(
-            self.model,
-            self.target_layers,
-            x,
-            slots,
-            reshape_transform=self.reshape_transform,
-            prefix_tokens=self.prefix_tokens,
-        )
+        with exclusive_use(self.model, type(self).__name__):
+            records = capture_with_graph(
+                self.model,
+                self.target_layers,
+                x,
+                slots,
+                reshape_transform=self.reshape_transform,
+                prefix_tokens=self.prefix_tokens,
+            )
         maps = [self.aggregate(self.postprocess(self.layer_maps(record, False), record.input)) for record in records]
         return maps[0] if not isinstance(targets[0], (list, tuple)) else torch.stack(maps, dim=1)
 
@@ -607,7 +624,9 @@ def _warn_zero_gradients(record: Capture) -> None:
                 "is zero everywhere, so its gradient-based map is blank. In a vision transformer the "
                 "last block's patch tokens do not reach the class token: use an earlier block (e.g. "
                 "model.encoder.layers[-2].ln_1 or model.blocks[-2].norm1) or a gradient-free method "
-                "such as EigenCAM.",
+                "such as EigenCAM. Otherwise the likely cause is an untrained or zero-initialised "
+                "classification head (torchvision zero-initialises its ViT heads with weights=None): "
+                "check model(x) - every class gets the same logit - and load trained weights.",
             )
 
 

@@ -115,6 +115,7 @@ class CAMWrapper:
         **legacy_kwargs: Any,
     ) -> np.ndarray:
         """The maps as ``np.float32`` (see :meth:`compute`); class indices as targets are the older spelling."""
+        self.base_cam.outputs = None  # a failed call leaves no previous call's output behind
         targets = call_targets(self, input_tensor, targets, legacy_kwargs)
         return to_numpy(
             self.compute(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer)

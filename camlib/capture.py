@@ -14,6 +14,11 @@ What is captured cannot be changed by the model afterwards: each layer's output
 is replaced, for the rest of the forward pass, by a clone, so an in-place
 operation downstream (``ReLU(inplace=True)``, ``out += identity``) modifies the
 clone. Hooks ignore forward passes run by other threads on the same model.
+A compiled model (``torch.compile``) is run through the module it wraps
+(:func:`~camlib.utils.model_state.eager_module`), where hooks always fire.
+Non-finite target scores are refused before any gradient is taken
+(:func:`~camlib.utils.batched.check_finite_scores`), and :func:`check_finite_maps`
+refuses a non-finite map, naming where the NaN or Inf came from.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from camlib.utils.batched import score_outputs
+from camlib.utils.batched import check_finite_scores, score_outputs
 from camlib.utils.image import at_least_float32
 from camlib.utils.messages import warn_user
+from camlib.utils.model_state import eager_module
 from camlib.utils.reshape_transforms import (
     feature_pyramid_to_map,
     infer_reshape_transform,
@@ -42,6 +48,7 @@ __all__ = [
     "autograd_gradients",
     "capture",
     "capture_with_graph",
+    "check_finite_maps",
     "describe_module",
     "detach_tree",
     "layer_output_to_map",
@@ -327,6 +334,7 @@ def capture(
         The :class:`Capture`.
     """
     batch, spatial = int(x.shape[0]), tuple(x.shape[2:])
+    model = eager_module(model)
     wants_input_grad = gradients and input_gradient
     if wants_input_grad or keep_graph:
         x = x.detach().requires_grad_(wants_input_grad) if not x.requires_grad else x
@@ -344,7 +352,9 @@ def capture(
             leaves = recorder.differentiable_leaves()
             if wants_input_grad:
                 leaves = [*leaves, x]
-            loss = score_outputs(outputs, targets).sum()
+            scores = score_outputs(outputs, targets)
+            check_finite_scores(scores, "the target score", "gradients of a non-finite score are undefined")
+            loss = scores.sum()
             if loss.requires_grad:
                 if compute_gradients is None:
                     grads_by_leaf = autograd_gradients(loss, leaves, create_graph=keep_graph)
@@ -414,6 +424,7 @@ def capture_with_graph(
         One :class:`Capture` per slot, sharing the activations.
     """
     batch, spatial = int(x.shape[0]), tuple(x.shape[2:])
+    model = eager_module(model)
     recorder = LayerRecorder(layers)
     with torch.inference_mode(False), torch.enable_grad():
         with recorder.attached():
@@ -427,7 +438,9 @@ def capture_with_graph(
         activations = _maps_of(recorder, as_is, spatial, batch, reshape_transform, prefix_tokens, True)
         records = []
         for targets in target_slots:
-            loss = score_outputs(outputs, list(targets)).sum()
+            scores = score_outputs(outputs, list(targets))
+            check_finite_scores(scores, "the target score", "gradients of a non-finite score are undefined")
+            loss = scores.sum()
             if not loss.requires_grad:
                 raise ValueError(
                     "the target scores do not depend on the model's parameters or the target layers; "
@@ -450,3 +463,46 @@ def capture_with_graph(
                 )
             )
     return records
+
+
+def _nonfinite_kind(tensor: torch.Tensor) -> str:
+    return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+
+
+def check_finite_maps(record: Capture, raw_maps: Sequence[Any], method: str) -> None:
+    """Raise a ``ValueError`` naming the cause if a raw map holds NaN or Inf.
+
+    A map is never returned with NaN values: the cause is, in this order of
+    checking, non-finite activations of the target layer (the model itself
+    computes NaN/Inf for this input), non-finite gradients, or an overflow in
+    the method's own arithmetic on finite but very large values.
+    """
+    for index, raw in enumerate(raw_maps):
+        if raw is None:
+            continue
+        raw = torch.as_tensor(raw)
+        if not raw.is_floating_point() or bool(torch.isfinite(raw).all()):
+            continue
+        layer = record.layers[index] if index < len(record.layers) else None
+        where = f"target layer {describe_module(layer)}" if layer is not None else f"layer map {index}"
+        activations = record.activations[index] if index < len(record.activations) else None
+        grads = None if record.gradients is None or index >= len(record.gradients) else record.gradients[index]
+        if activations is not None and not bool(torch.isfinite(activations).all()):
+            cause = (
+                f"the activations of {where} contain {_nonfinite_kind(activations)}: the model computes "
+                "non-finite values for this input (check the input for NaN/Inf and the weights, e.g. "
+                "torch.isfinite(p).all() for p in model.parameters())"
+            )
+        elif grads is not None and not bool(torch.isfinite(grads).all()):
+            cause = (
+                f"the gradients at {where} contain {_nonfinite_kind(grads)} (an overflow in the backward pass: "
+                "the target scores or activations are too large for the model's dtype)"
+            )
+        else:
+            peak = float(activations.abs().max()) if activations is not None and activations.numel() else float("nan")
+            cause = (
+                f"{method}'s computation overflowed on the activations of {where} (largest magnitude "
+                f"{peak:.3g}); the values are too large for float32: choose a layer with smaller activations "
+                "(e.g. after a normalisation layer) or rescale the model's input"
+            )
+        raise ValueError(f"{method} produced a map with {_nonfinite_kind(raw)} values: {cause}")

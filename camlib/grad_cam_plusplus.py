@@ -14,14 +14,21 @@ __all__ = ["GradCAMPlusPlus", "grad_cam_plusplus_weights"]
 
 def grad_cam_plusplus_weights(activations: torch.Tensor, grads: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Grad-CAM++ channel weights (eq. 19 of the paper, with exponential-free
-    higher-order terms): ``[B, C, *S] -> [B, C]``."""
+    higher-order terms): ``[B, C, *S] -> [B, C]``.
+
+    Computed in float64: the cube of a small gradient underflows float32 (and
+    ``sum A`` of large activations overflows it), which would give blank or NaN
+    maps although the weights are well defined (alpha does not change when the
+    activations are scaled by ``s`` and the gradients by ``1/s``)."""
+    out_dtype = torch.promote_types(grads.dtype, torch.float32)
+    activations, grads = activations.double(), grads.double()
     dims = spatial_dims(grads)
     grads_2 = grads.pow(2)
     grads_3 = grads_2 * grads
     sum_activations = broadcast_weights(activations.sum(dim=dims), activations)
     alpha = grads_2 / (2 * grads_2 + sum_activations * grads_3 + eps)
     alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
-    return (torch.relu(grads) * alpha).sum(dim=dims)
+    return (torch.relu(grads) * alpha).sum(dim=dims).to(out_dtype)
 
 
 @register_method("gradcam++", title="Grad-CAM++")

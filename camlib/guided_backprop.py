@@ -32,6 +32,7 @@ from torch.autograd import Function
 
 from camlib.utils.legacy import guided_backprop_device
 from camlib.utils.model_state import eval_mode
+from camlib.utils.validation import model_device
 
 __all__ = [
     "DeconvnetReLU",
@@ -168,9 +169,9 @@ class _ReLURuleModel:
         device = guided_backprop_device(self, model, device, legacy_kwargs)  # the older use_cuda
         self.model = model
         if device is None:
-            first = next(iter(model.parameters()), None)
-            self.device = first.device if first is not None else torch.device("cpu")
+            self.device = model_device(model, default="cpu")  # a meta-device model is refused clearly
         else:
+            model_device(model, default="cpu")
             self.device = torch.device(device)
             self.model = self.model.to(self.device)
 
@@ -201,6 +202,8 @@ class _ReLURuleModel:
             )
         if not input_img.is_floating_point():
             raise TypeError(f"input_img must be a floating point tensor, got dtype {input_img.dtype}")
+        if not bool(torch.isfinite(input_img).all()):  # as BaseCAM (check_input_tensor) rejects it
+            raise ValueError("input_img contains NaN or Inf values; check the preprocessing")
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), input_img.dtype)
         x = input_img.detach().to(self.device, dtype).requires_grad_(True)
         with eval_mode(self.model), torch.enable_grad(), _relus_replaced(self.model, self._rule) as n_swapped:

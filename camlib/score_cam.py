@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.registry import register_method
-from camlib.utils.batched import batched_target_scores
+from camlib.utils.batched import batched_target_scores, check_finite_scores, warn_if_scores_equal
 
 __all__ = ["ScoreCAM", "distinct_channel_maps", "score_cam_masks"]
 
@@ -131,5 +131,12 @@ class ScoreCAM(BaseCAM):
             self.progress,
             desc="ScoreCAM",
         )
+        check_finite_scores(
+            scores, "the target score of a masked input", "Score-CAM's softmax weights would be NaN"
+        )
+        warn_if_scores_equal(
+            scores, image, "ScoreCAM", "distinct masked inputs",
+            "its softmax weights are uniform and the map is the plain mean of the channels, with no class information",
+        )  # fmt: skip
         scores = scores.to(activations.device)[inverse].reshape(batch, channels)
         return torch.softmax(scores, dim=-1)

@@ -14,10 +14,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from camlib.utils.messages import warn_user
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_bar
 
-__all__ = ["batched_target_scores", "score_outputs", "split_outputs"]
+__all__ = ["batched_target_scores", "check_finite_scores", "score_outputs", "split_outputs", "warn_if_scores_equal"]
 
 
 def split_outputs(outputs: Any, batch: int) -> list:
@@ -48,6 +49,64 @@ def split_outputs(outputs: Any, batch: int) -> list:
         tree_unflatten([leaf[i] if is_batched else leaf for leaf, is_batched in zip(leaves, batched)], spec)
         for i in range(batch)
     ]
+
+
+def check_finite_scores(scores: torch.Tensor, what: str, consequence: str) -> None:
+    """Raise a ``ValueError`` if some of ``scores`` are NaN or Inf, saying which and why it matters.
+
+    Args:
+        scores: the scores, one per input (first dimension).
+        what: what they are, for the message ("the target score", "the score of a masked input").
+        consequence: what a non-finite score would break.
+    """
+    finite = torch.isfinite(scores)
+    if bool(finite.all()):
+        return
+    bad = (~finite).reshape(finite.shape[0], -1).any(dim=1).nonzero()[:, 0].tolist() if finite.ndim else [0]
+    values = scores.reshape(-1)[~finite.reshape(-1)][:3].tolist()
+    raise ValueError(
+        f"{what} is not finite ({', '.join(str(v) for v in values)}) for {len(bad)} of {finite.shape[0] if finite.ndim else 1} "
+        f"input(s) (first: {bad[:5]}); {consequence}. The model's output holds NaN or Inf for this input: check "
+        "the input (torch.isfinite(x).all()), the weights, and the output (a float16 model can overflow; run it "
+        "in float32)"
+    )
+
+
+#: The message's advice on degenerate scores, shared by the methods that warn.
+DEGENERATE_HINT = (
+    "The likely cause is an untrained or zero-initialised classification head (torchvision zero-initialises "
+    "the head of its ViTs when weights=None): check model(x) - every class gets the same logit when the head "
+    "is zero - and load trained weights."
+)
+
+
+def warn_if_scores_equal(
+    scores: torch.Tensor, image: torch.Tensor, method: str, what: str, consequence: str
+) -> None:
+    """Warn when, for some image, every one of its (at least two) scored inputs gets the same score.
+
+    Args:
+        scores: ``[N]`` scores of perturbed inputs.
+        image: ``[N]`` the image each belongs to (``0..B-1``).
+        method: the method's name, for the message.
+        what: what was scored ("masked inputs", "ablated channels").
+        consequence: what that does to the map.
+    """
+    if scores.numel() < 2:
+        return
+    image = image.to(scores.device).long()
+    batch = int(image.max()) + 1
+    scores = scores.float()
+    high = torch.full((batch,), -torch.inf, device=scores.device).scatter_reduce(0, image, scores, "amax")
+    low = torch.full((batch,), torch.inf, device=scores.device).scatter_reduce(0, image, scores, "amin")
+    count = torch.bincount(image, minlength=batch)
+    equal = (high == low) & (count >= 2)
+    if bool(equal.any()):
+        images = equal.nonzero()[:, 0].tolist()
+        warn_user(
+            f"{method}: all {int(count[images[0]])} {what} of image(s) {images[:5]} get exactly the same target "
+            f"score ({float(high[images[0]]):.4g}), so {consequence}. {DEGENERATE_HINT}",
+        )
 
 
 def score_outputs(outputs: Any, targets: Sequence[Callable]) -> torch.Tensor:

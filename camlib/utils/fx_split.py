@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import types
 import warnings
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -54,10 +55,94 @@ def _constant_defaults(model: torch.nn.Module) -> dict:
     }
 
 
+#: How deep the containers reachable from a module's attributes are saved before tracing.
+_SNAPSHOT_DEPTH = 4
+
+
+def _is_plain_object(value: Any) -> bool:
+    """An instance of a user class holding state in its ``__dict__`` (a namespace, a small cache object)."""
+    if isinstance(value, (type, types.ModuleType, types.FunctionType, types.MethodType, torch.Tensor, torch.nn.Module)):
+        return False
+    return isinstance(getattr(value, "__dict__", None), dict)
+
+
+def _snapshot_containers(model: torch.nn.Module) -> list:
+    """``(container, shallow copy)`` of every dict, list, set and plain object's ``__dict__`` reachable
+    from the modules' attributes (a few levels deep), so that writes a traced ``forward`` makes into
+    them (``self.cache["feat"] = x``) can be undone in place."""
+    saved: list = []
+    seen: set = set()
+
+    def visit(value: Any, depth: int) -> None:
+        if depth > _SNAPSHOT_DEPTH or id(value) in seen:
+            return
+        if isinstance(value, dict):
+            seen.add(id(value))
+            saved.append((value, dict(value)))
+            children = list(value.values())
+        elif isinstance(value, list):
+            seen.add(id(value))
+            saved.append((value, list(value)))
+            children = list(value)
+        elif isinstance(value, set):
+            seen.add(id(value))
+            saved.append((value, set(value)))
+            children = []
+        elif isinstance(value, tuple):
+            children = list(value)
+        elif _is_plain_object(value):
+            seen.add(id(value))
+            children = [vars(value)]
+        else:
+            return
+        for child in children:
+            visit(child, depth + 1)
+
+    for module in model.modules():
+        for name, value in module.__dict__.items():
+            if name not in ("_parameters", "_buffers", "_modules"):
+                visit(value, 0)
+    return saved
+
+
+def _restore_containers(saved: list) -> bool:
+    """Put every snapshotted container's contents back in place; True if any had changed."""
+    changed = False
+    for container, before in saved:
+        if isinstance(container, dict):
+            same = container.keys() == before.keys() and all(container[k] is v for k, v in before.items())
+            if not same:
+                container.clear()
+                container.update(before)
+        elif isinstance(container, list):
+            same = len(container) == len(before) and all(a is b for a, b in zip(container, before))
+            if not same:
+                container[:] = before
+        else:
+            same = container == before
+            if not same:
+                container.clear()
+                container.update(before)
+        changed = changed or not same
+    return changed
+
+
+def _user_visible_change(current: dict, before: dict) -> bool:
+    """Whether an attribute dict changed other than by the tracer's own ``_tensor_constant*`` attributes."""
+    added = set(current) - set(before)
+    return bool(
+        set(before) - set(current)
+        or any(not name.startswith("_tensor_constant") for name in added)
+        or any(current[k] is not v for k, v in before.items() if k in current)
+    )
+
+
 @contextlib.contextmanager
-def _attributes_restored(model: torch.nn.Module) -> Iterator[None]:
-    """Undo attribute assignments a forward() makes while traced (``self.seen += n``
-    would otherwise leave an fx Proxy on the user's module)."""
+def _attributes_restored(model: torch.nn.Module) -> Iterator[list]:
+    """Undo what a forward() changes on the model while traced: attribute assignments
+    (``self.seen += n``) and writes into containers (``self.cache["feat"] = x``), which would
+    otherwise leave fx Proxies on the user's model. Yields a list that gets ``True`` appended
+    when the forward changed anything (a forward with side effects)."""
     saved = [
         (
             module,
@@ -68,9 +153,12 @@ def _attributes_restored(model: torch.nn.Module) -> Iterator[None]:
         )
         for module in model.modules()
     ]
+    containers = _snapshot_containers(model)
+    report: list = []
     try:
-        yield
+        yield report
     finally:
+        changed = _restore_containers(containers)
         for module, attributes, parameters, buffers, modules in saved:
             for current, before in (
                 (module.__dict__, attributes),
@@ -79,8 +167,11 @@ def _attributes_restored(model: torch.nn.Module) -> Iterator[None]:
                 (module._modules, modules),
             ):
                 if current.keys() != before.keys() or any(current[k] is not v for k, v in before.items()):
+                    changed = changed or _user_visible_change(current, before)
                     current.clear()
                     current.update(before)
+        if changed:
+            report.append(True)
 
 
 class LayerSplit(NamedTuple):
@@ -112,7 +203,8 @@ def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optiona
 
     Both modules share the model's submodules and parameters (nothing is
     copied, nothing in ``model`` is changed: attributes its ``forward`` sets
-    while traced are put back). Python-level behaviour that tracing cannot see
+    and containers it writes into while traced are put back; the split does
+    not repeat such writes). Python-level behaviour that tracing cannot see
     (data-dependent branches) is not checked here: :func:`outputs_match` tells whether the split reproduces the model's output; callers
     compare the split's output with the model's before using it.
     """
@@ -120,7 +212,7 @@ def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optiona
         return None
     tracer = _KeepLayerWhole(layer)
     try:
-        with _attributes_restored(model), warnings.catch_warnings():
+        with _attributes_restored(model) as side_effects, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = tracer.trace(model, concrete_args=_constant_defaults(model) or None)
     except Exception as error:  # tracing fails for many legitimate models; they take the full-model path
@@ -128,6 +220,11 @@ def split_after_layer(model: torch.nn.Module, layer: torch.nn.Module) -> Optiona
             "cannot trace %s with torch.fx (%s: %s)", type(model).__name__, type(error).__name__, error
         )
         return None
+    if side_effects:
+        # The forward writes into the model (a cache, a counter); what tracing wrote has been undone, and the
+        # split does not repeat those writes for perturbed copies, so the model keeps what its real forward
+        # pass on the user's input wrote.
+        logger.debug("%s.forward changes the model's attributes; undone after tracing", type(model).__name__)
     nodes = list(graph.nodes)
     cuts = [n for n in nodes if n.op == "call_module" and _submodule(model, n.target) is layer]
     if len(cuts) != 1:

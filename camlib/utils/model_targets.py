@@ -37,6 +37,13 @@ __all__ = [
 def _pick(model_output: Any, category: int) -> torch.Tensor:
     """Column ``category`` of a 1-D output, or of every row of a batch."""
     model_output = logits_of(model_output)
+    classes = int(model_output.shape[-1]) if model_output.ndim else 0
+    if not -classes <= category < classes:
+        raise IndexError(
+            f"class index {category} is out of range: the model's output has {classes} class score(s) "
+            f"(shape {list(model_output.shape)}), so the class must be in 0..{classes - 1}; check the target's "
+            "category (and that the model has the head you expect)"
+        )
     if model_output.ndim == 1:
         return model_output[category]
     return model_output[..., category]

@@ -7,18 +7,22 @@ import os
 import sys
 from typing import Any, Iterable, Optional
 
-__all__ = ["PROGRESS_ENV", "progress_bar", "progress_enabled"]
+__all__ = ["PROGRESS_ENV", "TQDM_ENV", "progress_bar", "progress_enabled"]
 
 #: Set this environment variable to 1 to silence every camlib progress bar.
 PROGRESS_ENV = "CAMLIB_DISABLE_PROGRESS"
+#: tqdm's own switch, honoured as well.
+TQDM_ENV = "TQDM_DISABLE"
 
 
 def progress_enabled(progress: Optional[bool]) -> bool:
     """Whether a progress bar should be shown: ``progress`` if given, else
-    on unless ``CAMLIB_DISABLE_PROGRESS`` is set to a true value."""
+    on unless ``CAMLIB_DISABLE_PROGRESS`` or tqdm's own ``TQDM_DISABLE`` is set to a true value."""
     if progress is not None:
         return bool(progress)
-    return os.environ.get(PROGRESS_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+    return not any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in (PROGRESS_ENV, TQDM_ENV)
+    )
 
 
 def _in_notebook_with_widgets() -> bool:

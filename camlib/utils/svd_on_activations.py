@@ -54,6 +54,9 @@ def _positions_by_channels(batch: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected activations of shape [B, C, *spatial], got {tuple(batch.shape)}")
     x = torch.nan_to_num(batch.float(), nan=0.0, posinf=0.0, neginf=0.0)
     x = x.reshape(x.shape[0], x.shape[1], -1).transpose(1, 2)
+    peak = x.abs().amax(dim=(1, 2), keepdim=True)
+    if bool((peak > 1e18).any()):  # the SVD fails on huge values; the projection only changes by a positive factor
+        x = x / torch.where(peak > 1e18, peak, torch.ones_like(peak))
     return x - x.mean(dim=1, keepdim=True)
 
 
