@@ -134,7 +134,12 @@ def test_large_finite_input_is_not_mistaken_for_inf(model, dtype):
     element-wise check rather than reject finite values."""
     x = torch.full((1, 3, 16, 16), 3e38, dtype=dtype)
     x[0, 0, 0, 0] = -1.0
-    assert GradCAM(model, [model.features[-1]])(x).shape == (1, 16, 16)
+    try:
+        maps = GradCAM(model, [model.features[-1]])(x)
+    except ValueError as error:  # the model itself overflows on such an input: refused, never NaN maps
+        assert "input_tensor contains" not in str(error) and "not finite" in str(error)
+    else:
+        assert maps.shape == (1, 16, 16) and np.isfinite(maps).all()
     x[0, 0, 0, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
         GradCAM(model, [model.features[-1]])(x)
