@@ -12,8 +12,10 @@ output differ.
 
 What it writes (JPEG, tiles of 128 x 128 pixels):
 
-* ``<method>.jpg`` for every CAM method: the map for the ring, for the star,
-  for the ring with ``eigen_smooth=True`` and with ``aug_smooth=True``;
+* ``<method>.jpg`` for every method of :mod:`camlib.registry` (so a newly
+  registered method gets its picture with no change here): the map for the
+  ring, for the star, and (where the method supports them) for the ring with
+  ``eigen_smooth=True`` and with ``aug_smooth=True``;
 * ``guided-backprop.jpg`` and ``deep-feature-factorization.jpg`` for the
   pixel-level methods and the concept factorisation;
 * ``methods.jpg``: every method's map for the ring, side by side;
@@ -28,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -40,38 +43,20 @@ import torch
 
 import camlib
 from camlib import (
-    CAM,
-    FEM,
-    KPCA_CAM,
-    SESS,
-    AblationCAM,
     DeconvnetReLUModel,
-    EigenCAM,
-    EigenGradCAM,
-    FinerCAM,
-    FullGrad,
     GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
     GuidedBackpropReLUModel,
-    HiResCAM,
     LayerCAM,
-    RandomCAM,
-    RefineCAM,
-    ScoreCAM,
-    SegEigenCAM,
-    ShapleyCAM,
-    XGradCAM,
     guided_grad_cam,
     run_dff_on_image,
 )
-from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
 from camlib.demo import CLASS_NAMES, demo_preprocess, load_demo_model, load_sample_image
 from camlib.models import image_grid
+from camlib.registry import MethodInfo, make_cam, methods
 from camlib.utils.image import deprocess_image, show_cam_on_image
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-__all__ = ["DEFAULT_OUT", "GALLERY", "JPEG_QUALITY", "GalleryEntry", "make_gallery"]
+__all__ = ["DEFAULT_OUT", "JPEG_QUALITY", "PICTURE_SETTINGS", "GalleryEntry", "gallery", "make_gallery", "slug"]
 
 #: Where the documentation expects the pictures.
 DEFAULT_OUT = Path(__file__).resolve().parent / "images" / "gallery"
@@ -84,6 +69,30 @@ STAR = CLASS_NAMES.index("star")
 #: sizes for a 128 x 128 input.
 LAYER_PATHS = ("features[0]", "features[2]", "features[4]", "features[6]", "features[7]")
 LAYER_GRIDS = (64, 32, 16, 8, 8)
+#: Batch size of the extra forward passes (every method gets it; those without extra passes ignore it).
+BATCH_SIZE = 128
+#: Presentation only: the demo model's blocks and constructor options of a few pictures (a multi-layer
+#: method shown on several blocks, a costly one made cheaper). Every other registered method is drawn
+#: at the last block with its defaults, so a new method needs no entry here.
+PICTURE_SETTINGS: Dict[str, Dict[str, Any]] = {
+    "ablationcam-multilayer": {"layers": (6, 7)},
+    "refinecam": {"layers": (4, 6, 7)},
+    "sess": {"options": {"num_scales": 3, "batch_size": 16}},
+}
+#: File names of the pictures (and documentation pages) of methods whose page names predate the
+#: registry's names; every other method's picture is named by :func:`slug`.
+PAGE_NAMES: Dict[str, str] = {
+    "gradcam++": "gradcam-plusplus",
+    "gradcamelementwise": "gradcam-elementwise",
+    "kpcacam": "kpca-cam",
+}
+
+
+def slug(name: str) -> str:
+    """The picture's file name (without ``.jpg``) of a registered method, e.g. ``"ablationcam-multilayer"``."""
+    if name in PAGE_NAMES:
+        return PAGE_NAMES[name]
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower().replace("+", "plus")).strip("-")
 
 
 @dataclass(frozen=True)
@@ -93,66 +102,33 @@ class GalleryEntry:
     Attributes:
         slug: File name without extension; also the name of the method's page.
         title: Caption.
-        build: Builds the CAM object for the demo model.
-        call: Computes one ``[1, H, W]`` map for an input, a class index and the
-            smoothing flags. None: the usual ``cam(x, targets, aug_smooth=..., eigen_smooth=...)``.
+        method: The registered method.
     """
 
     slug: str
     title: str
-    build: Callable[[torch.nn.Module], object]
-    call: Optional[Callable[..., np.ndarray]] = None
+    method: MethodInfo
+
+    def build(self, model: torch.nn.Module):
+        """The CAM object for the demo model."""
+        settings = PICTURE_SETTINGS.get(self.method.name, {})
+        layers = _layers(model, *settings.get("layers", (-1,)))
+        options = {"batch_size": BATCH_SIZE, "progress": False, **settings.get("options", {})}
+        return make_cam(self.method.name, model, layers, **options)
+
+
+def gallery() -> List[GalleryEntry]:
+    """Every registered method, in registration order."""
+    return [GalleryEntry(slug(info.name), info.title, info) for info in methods()]
 
 
 def _layers(model: torch.nn.Module, *indices: int) -> List[torch.nn.Module]:
     return [model.features[i] for i in indices]
 
 
-def _finer_call(cam, x: torch.Tensor, category: int, *, aug_smooth: bool, eigen_smooth: bool) -> np.ndarray:
-    return cam(x, target_idx=category, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-
-
-def _random_call(cam, x: torch.Tensor, category: int, *, aug_smooth: bool, eigen_smooth: bool) -> np.ndarray:
-    torch.manual_seed(0)  # RandomCAM draws its weights from torch's generator
-    return cam(x, [ClassifierOutputTarget(category)], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-
-
-#: Every CAM method, in the order of the documentation.
-GALLERY: Sequence[GalleryEntry] = (
-    GalleryEntry("cam", "CAM", lambda m: CAM(m, _layers(m, -1))),
-    GalleryEntry("gradcam", "GradCAM", lambda m: GradCAM(m, _layers(m, -1))),
-    GalleryEntry("hirescam", "HiResCAM", lambda m: HiResCAM(m, _layers(m, -1))),
-    GalleryEntry("gradcam-elementwise", "GradCAMElementWise", lambda m: GradCAMElementWise(m, _layers(m, -1))),
-    GalleryEntry("gradcam-plusplus", "GradCAMPlusPlus", lambda m: GradCAMPlusPlus(m, _layers(m, -1))),
-    GalleryEntry("xgradcam", "XGradCAM", lambda m: XGradCAM(m, _layers(m, -1))),
-    GalleryEntry("layercam", "LayerCAM", lambda m: LayerCAM(m, _layers(m, -1))),
-    GalleryEntry("shapleycam", "ShapleyCAM", lambda m: ShapleyCAM(m, _layers(m, -1))),
-    GalleryEntry("eigencam", "EigenCAM", lambda m: EigenCAM(m, _layers(m, -1))),
-    GalleryEntry("eigengradcam", "EigenGradCAM", lambda m: EigenGradCAM(m, _layers(m, -1))),
-    GalleryEntry("kpca-cam", "KPCA_CAM", lambda m: KPCA_CAM(m, _layers(m, -1))),
-    GalleryEntry("segeigencam", "SegEigenCAM", lambda m: SegEigenCAM(m, _layers(m, -1))),
-    GalleryEntry("scorecam", "ScoreCAM", lambda m: ScoreCAM(m, _layers(m, -1), batch_size=128, progress=False)),
-    GalleryEntry(
-        "ablationcam", "AblationCAM", lambda m: AblationCAM(m, _layers(m, -1), batch_size=128, progress=False)
-    ),
-    GalleryEntry(
-        "ablationcam-multilayer",
-        "AblationCAM (multi-layer)",
-        lambda m: MultiLayerAblationCAM(m, _layers(m, 6, 7), batch_size=128, progress=False),
-    ),
-    GalleryEntry("fullgrad", "FullGrad", lambda m: FullGrad(m, [])),
-    GalleryEntry("fem", "FEM", lambda m: FEM(m, _layers(m, -1))),
-    GalleryEntry("randomcam", "RandomCAM", lambda m: RandomCAM(m, _layers(m, -1)), _random_call),
-    GalleryEntry("finercam", "FinerCAM", lambda m: FinerCAM(m, _layers(m, -1)), _finer_call),
-    GalleryEntry("refinecam", "RefineCAM", lambda m: RefineCAM(m, _layers(m, 4, 6, 7))),
-    GalleryEntry(
-        "sess", "SESS", lambda m: SESS(m, _layers(m, -1), num_scales=3, batch_size=16, progress=False)
-    ),
-)
-
-
-def _default_call(cam, x: torch.Tensor, category: int, *, aug_smooth: bool, eigen_smooth: bool) -> np.ndarray:
-    return cam(x, [ClassifierOutputTarget(category)], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+def _call(cam, x: torch.Tensor, category: int, *, aug_smooth: bool, eigen_smooth: bool) -> np.ndarray:
+    torch.manual_seed(0)  # a stochastic method (e.g. RandomCAM) draws from torch's generator
+    return cam(x, [cam.class_target(category)], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
 def _overlay(rgb: np.ndarray, grayscale: np.ndarray) -> np.ndarray:
@@ -171,16 +147,19 @@ def _write(path: Path, rgb: np.ndarray) -> None:
 
 def _maps(entry: GalleryEntry, model: torch.nn.Module, x: torch.Tensor) -> Dict[str, np.ndarray]:
     """The four maps of a method's strip, each ``[H, W]``."""
-    call = entry.call or _default_call
+    capabilities = entry.method.capabilities
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. HiResCAM's eigen_smooth caveat
         with entry.build(model) as cam:
-            return {
-                "ring": call(cam, x, RING, aug_smooth=False, eigen_smooth=False)[0],
-                "star": call(cam, x, STAR, aug_smooth=False, eigen_smooth=False)[0],
-                "ring, eigen_smooth": call(cam, x, RING, aug_smooth=False, eigen_smooth=True)[0],
-                "ring, aug_smooth": call(cam, x, RING, aug_smooth=True, eigen_smooth=False)[0],
+            maps = {
+                "ring": _call(cam, x, RING, aug_smooth=False, eigen_smooth=False)[0],
+                "star": _call(cam, x, STAR, aug_smooth=False, eigen_smooth=False)[0],
             }
+            if capabilities.eigen_smooth:
+                maps["ring, eigen_smooth"] = _call(cam, x, RING, aug_smooth=False, eigen_smooth=True)[0]
+            if capabilities.aug_smooth:
+                maps["ring, aug_smooth"] = _call(cam, x, RING, aug_smooth=True, eigen_smooth=False)[0]
+            return maps
 
 
 def _guided(model: torch.nn.Module, x: torch.Tensor, rgb: np.ndarray) -> np.ndarray:
@@ -269,7 +248,7 @@ def _make_gallery(out: Path, only: Optional[Sequence[str]]) -> List[Path]:
 
     input_tile = np.uint8(np.round(rgb * 255))
     overview = [_captioned(input_tile, "input (star, ring)")]
-    for entry in GALLERY:
+    for entry in gallery():
         if only is not None and entry.slug not in only and "methods" not in only:
             continue
         maps = _maps(entry, model, x)
@@ -301,7 +280,7 @@ def _make_gallery(out: Path, only: Optional[Sequence[str]]) -> List[Path]:
 def all_slugs() -> List[str]:
     """Every file name (without ``.jpg``) :func:`make_gallery` writes."""
     extra = ["methods", "smoothing", "guided-backprop", "deep-feature-factorization", "per_layer"]
-    return [entry.slug for entry in GALLERY] + extra
+    return [entry.slug for entry in gallery()] + extra
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

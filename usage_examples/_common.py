@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from camlib.demo import load_sample_image
-from camlib.models import Preprocessing, default_preprocessing, load_image, resize_image
+from camlib.models import LoadedModel, load_image, load_model, resize_image
+from camlib.models.loading import size_pair
 from camlib.utils.image import preprocess_image
 
 
@@ -38,16 +39,39 @@ def example_parser(prog: str, description: str, output_name: str) -> argparse.Ar
     return parser
 
 
-def load_input(
-    args: argparse.Namespace, model: torch.nn.Module, device: torch.device
-) -> tuple[np.ndarray, torch.Tensor, Preprocessing]:
+def load_example_model(
+    args: argparse.Namespace, *, target_layers: Optional[Sequence[str]] = None, per_layer: bool = False
+) -> LoadedModel:
+    """The model the options name, with its input settings and target layers
+    (:func:`camlib.models.load_model`, the loader every front end uses)."""
+    try:
+        size_pair(args.image_size)
+    except (TypeError, ValueError) as err:
+        shown = " ".join(map(str, args.image_size)) if isinstance(args.image_size, list) else args.image_size
+        raise ValueError(f"--image-size takes one or two positive ints (N, or H W), got {shown}") from err
+    return load_model(
+        args.model,
+        weights=args.weights,
+        num_classes=getattr(args, "num_classes", None),
+        device=args.device,
+        image_size=args.image_size,
+        mean=getattr(args, "mean", None),
+        std=getattr(args, "std", None),
+        target_layers=target_layers,
+        per_layer=per_layer,
+    )
+
+
+def load_input(args: argparse.Namespace, loaded: LoadedModel) -> tuple[np.ndarray, torch.Tensor, str]:
     """The RGB image in [0, 1] at the model's input size, its normalised batch of one
-    on ``device``, and the preprocessing used."""
-    preprocessing = default_preprocessing(args.model, model)
-    size = (args.image_size, args.image_size) if args.image_size else preprocessing.image_size
-    rgb_img = load_image(args.image_path, size) if args.image_path else resize_image(load_sample_image(), size)
-    input_tensor = preprocess_image(rgb_img, mean=preprocessing.mean, std=preprocessing.std).to(device)
-    return rgb_img, input_tensor, preprocessing
+    on the model's device, and a description of the image."""
+    size = loaded.image_size
+    if args.image_path:
+        rgb_img, name = load_image(args.image_path, size), args.image_path
+    else:
+        rgb_img, name = resize_image(load_sample_image(), size), "camlib's bundled sample image"
+    input_tensor = preprocess_image(rgb_img, mean=loaded.mean, std=loaded.std).to(loaded.device)
+    return rgb_img, input_tensor, name
 
 
 def write_image(rgb: np.ndarray, output_dir: str, name: str) -> str:

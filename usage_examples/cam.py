@@ -35,23 +35,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_main
+from _common import load_example_model, load_input, run_main
 
-from camlib.demo import load_sample_image
-from camlib.models import (
-    CAM_METHODS,
-    build_model,
-    candidate_target_layer_paths,
-    class_names,
-    default_preprocessing,
-    default_target_layer_paths,
-    explain,
-    load_image,
-    resize_image,
-    resolve_device,
-    resolve_target_layers,
-)
-from camlib.utils.image import preprocess_image
+from camlib.models import explain
+from camlib.registry import method_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the first principal component of the weighted activations (less noise)",
     )
-    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS), metavar="METHOD",
-                        help=f"one of: {', '.join(CAM_METHODS)} (default: gradcam)")  # fmt: skip
+    parser.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
+                        help=f"one of: {', '.join(method_names())} (default: gradcam)")  # fmt: skip
     parser.add_argument(
         "--output-dir",
         default="output",
@@ -146,16 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _image_size(values: Optional[Sequence[int]]) -> Optional[tuple]:
-    if values is None:
-        return None
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise ValueError(
-            f"--image-size takes one or two positive ints (N, or H W), got {' '.join(map(str, values))}"
-        )
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
 def _write(path: str, rgb: np.ndarray) -> None:
     if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {path!r}")
@@ -164,40 +141,17 @@ def _write(path: str, rgb: np.ndarray) -> None:
 def run(args: argparse.Namespace) -> List[str]:
     """Build the model, explain the image and write the three images; return their paths."""
     start = time.perf_counter()
-    device = resolve_device(args.device)
-    size = _image_size(args.image_size)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    vit_size = size[0] if size is not None and size[0] == size[1] else None
-    model = build_model(args.model, args.weights, args.num_classes, device, image_size=vit_size)
-    preprocessing = default_preprocessing(args.model, model)
-    size = size or preprocessing.image_size
-    mean = tuple(args.mean) if args.mean is not None else preprocessing.mean
-    std = tuple(args.std) if args.std is not None else preprocessing.std
-
-    if args.target_layer:
-        paths = list(args.target_layer)
-    elif args.per_layer:
-        paths = candidate_target_layer_paths(args.model)
-    else:
-        paths = default_target_layer_paths(args.model)
-    target_layers = resolve_target_layers(model, paths)
-
-    if args.image_path is not None:
-        rgb = load_image(args.image_path, size)
-        image_name = args.image_path
-    else:
-        rgb = resize_image(load_sample_image(), size)
-        image_name = "camlib's bundled sample image"
-    input_tensor = preprocess_image(rgb, mean=mean, std=std).to(device)
-
-    names = class_names(args.model) if args.num_classes is None else None
+    loaded = load_example_model(args, target_layers=args.target_layer, per_layer=args.per_layer)
+    rgb, input_tensor, image_name = load_input(args, loaded)
+    size, paths, names = loaded.image_size, loaded.layer_paths, loaded.class_names
     result = explain(
-        model,
+        loaded.net,
         input_tensor,
         rgb,
         args.method,
-        target_layers,
+        loaded.target_layers,
         categories=args.target_category,
         aug_smooth=args.aug_smooth,
         eigen_smooth=args.eigen_smooth,
@@ -219,7 +173,7 @@ def run(args: argparse.Namespace) -> List[str]:
 
     top = np.argsort(-result.scores)[:5]
     weights = "bundled" if args.model == "demo" and args.weights.lower() == "default" else args.weights
-    print(f"model: {args.model} (weights: {weights}) on {device}; image: {image_name}, {size[0]}x{size[1]}")
+    print(f"model: {args.model} (weights: {weights}) on {loaded.device}; image: {image_name}, {size[0]}x{size[1]}")
     print(f"method: {args.method}; target layer(s): {', '.join(paths)}")
     print("top scores: " + ", ".join(f"{label(i)} ({result.scores[i]:.2f})" for i in top))
     print("explained: " + ", ".join(result.class_labels))

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import example_parser, load_input, run_main, write_image
+from _common import example_parser, load_example_model, load_input, run_main, write_image
 
 from camlib import GradCAM, GuidedBackpropReLUModel, guided_grad_cam
-from camlib.models import build_model, class_names, default_target_layers, image_grid, resolve_device
+from camlib.models import image_grid
 from camlib.utils.image import deprocess_image, show_cam_on_image
 from camlib.utils.model_targets import ClassifierOutputTarget
 
@@ -53,10 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     """Compute and write the comparison grid; return its path."""
-    device = resolve_device(args.device)
-    model = build_model(args.model, args.weights, device=device, image_size=args.image_size)
-    target_layers = default_target_layers(model, args.model)
-    rgb_img, input_tensor, _ = load_input(args, model, device)
+    loaded = load_example_model(args)
+    model, target_layers = loaded.net, loaded.target_layers
+    rgb_img, input_tensor, _ = load_input(args, loaded)
 
     with torch.no_grad():
         scores = model(input_tensor)[0]
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(
             f"--target-category {categories} is out of range: the model has {scores.numel()} outputs"
         )
-    names = class_names(args.model, scores.numel())
+    names = loaded.class_names
 
     # One batch, one image copy per class: GradCAM and guided backprop take a target per image.
     batch = input_tensor.repeat(len(categories), 1, 1, 1)

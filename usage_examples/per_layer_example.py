@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import example_parser, load_input, run_main, write_image
+from _common import example_parser, load_example_model, load_input, run_main, write_image
 
-from camlib.models import (
-    CAM_METHODS,
-    build_model,
-    candidate_target_layer_paths,
-    image_grid,
-    make_cam,
-    resolve_device,
-    resolve_target_layers,
-)
+from camlib.models import image_grid, make_cam
+from camlib.registry import methods
 from camlib.utils.image import show_cam_on_image
-from camlib.utils.model_targets import ClassifierOutputTarget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="layers to compare (default: the ends of the architecture's last stages)",
     )
     parser.add_argument(
-        "--methods", nargs="+", default=["gradcam", "layercam"], choices=[m for m in CAM_METHODS if m != "fullgrad"],
+        "--methods", nargs="+", default=["gradcam", "layercam"], choices=[m.name for m in methods() if m.capabilities.per_layer],
         metavar="METHOD", help="methods to compare, one row each (default: gradcam layercam)",
     )  # fmt: skip
     parser.add_argument(
@@ -63,16 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     """Compute and write the method x layer grid; return its path."""
-    device = resolve_device(args.device)
-    model = build_model(args.model, args.weights, device=device, image_size=args.image_size)
-    paths = args.target_layer or candidate_target_layer_paths(args.model)
-    target_layers = resolve_target_layers(model, paths)
-    rgb_img, input_tensor, _ = load_input(args, model, device)
+    loaded = load_example_model(args, target_layers=args.target_layer, per_layer=True)
+    paths = loaded.layer_paths
+    rgb_img, input_tensor, _ = load_input(args, loaded)
 
-    targets = None if args.target_category is None else [ClassifierOutputTarget(args.target_category)]
     rows = []
     for method in args.methods:
-        with make_cam(method, model, target_layers) as cam:
+        with make_cam(method, loaded.net, loaded.target_layers) as cam:
+            targets = None if args.target_category is None else [cam.class_target(args.target_category)]
             maps = cam(input_tensor, targets, per_layer=True)[0]  # [L, H, W]: one map per target layer
         rows.append([show_cam_on_image(rgb_img, layer_map, use_rgb=True) for layer_map in maps])
     grid = image_grid(rows, row_labels=list(args.methods), column_labels=list(paths))

@@ -15,15 +15,16 @@ Example:
     >>> _ = open(bad, "wb").write(b"not an image")
     >>> dataset = ImageDataset([good, bad], (16, 16), (0.5,) * 3, (0.25,) * 3)
     >>> batch = collate([dataset[0], dataset[1]])
-    >>> tuple(batch["x"].shape), batch["positions"], batch["orig_size"], len(batch["failed"])
-    ((1, 3, 16, 16), [0], [(20, 30)], 1)
+    >>> tuple(batch.x.shape), batch.positions, batch.images[0].orig_size, len(batch.failed)
+    ((1, 3, 16, 16), [0], (20, 30), 1)
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset
 from camlib.models import load_image, resize_image
 from camlib.utils.image import preprocess_image
 
-__all__ = ["ImageDataset", "collate", "source_stat", "worker_init"]
+__all__ = ["DecodedBatch", "DecodedImage", "ImageDataset", "collate", "source_stat", "worker_init"]
 
 
 def source_stat(path: str) -> Optional[Dict[str, int]]:
@@ -54,6 +55,54 @@ def _to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb * np.float32(255)), 0, 255).astype(np.uint8)
 
 
+@dataclass
+class DecodedImage:
+    """One image as a DataLoader worker read it.
+
+    Attributes:
+        position: Position in the run's input list.
+        x: The normalised model input, float32 ``[3, H, W]`` (None if it could not be read).
+        rgb: The image as uint8 RGB for overlays (at the input size, or its own size), or None.
+        orig_size: ``(h, w)`` of the image file, or None.
+        source: :func:`source_stat` of the file.
+        decode_s: Seconds spent reading it.
+        error: A one-line message if it could not be read, else None.
+    """
+
+    position: int
+    x: Optional[torch.Tensor] = None
+    rgb: Optional[np.ndarray] = None
+    orig_size: Optional[Tuple[int, int]] = None
+    source: Optional[Dict[str, int]] = None
+    decode_s: float = 0.0
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the image could be read."""
+        return self.error is None
+
+
+@dataclass
+class DecodedBatch:
+    """A batch from :func:`collate`: the readable images stacked, the failed ones aside.
+
+    Attributes:
+        x: ``[n, 3, H, W]`` of the readable images (None if there are none).
+        images: The readable images, aligned with ``x``.
+        failed: The images that could not be read.
+    """
+
+    x: Optional[torch.Tensor]
+    images: List[DecodedImage]
+    failed: List[DecodedImage]
+
+    @property
+    def positions(self) -> List[int]:
+        """Positions of the readable images."""
+        return [image.position for image in self.images]
+
+
 class ImageDataset(Dataset):
     """Images by position in the run's input list, decoded, resized and normalised.
 
@@ -66,10 +115,8 @@ class ImageDataset(Dataset):
         original_size: Return that image at its original size rather than at
             ``image_size`` (outputs at the original size).
 
-    Each item is a dict: ``position``, ``ok``, ``x`` (float32 ``[3, H, W]``),
-    ``rgb`` (uint8 ``[h, w, 3]`` or None), ``orig_size`` ``(h, w)``, ``source``
-    (see :func:`source_stat`), ``decode_s`` and ``error`` (a one-line message
-    when ``ok`` is False).
+    Each item is a :class:`DecodedImage`; an image that cannot be read comes
+    back with its error instead of raising (which would stop the DataLoader).
     """
 
     def __init__(
@@ -91,44 +138,31 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, position: int) -> Dict[str, Any]:
+    def __getitem__(self, position: int) -> DecodedImage:
         start = time.perf_counter()
         path = self.paths[position]
-        item: Dict[str, Any] = {"position": position, "ok": False, "x": None, "rgb": None, "orig_size": None}
-        item["source"] = source_stat(path)
+        item = DecodedImage(position=position, source=source_stat(path))
         try:
             full = load_image(path)
-            item["orig_size"] = (int(full.shape[0]), int(full.shape[1]))
+            item.orig_size = (int(full.shape[0]), int(full.shape[1]))
             rgb = resize_image(full, self.image_size)
-            item["x"] = preprocess_image(rgb, mean=self.mean, std=self.std)[0].contiguous()
+            item.x = preprocess_image(rgb, mean=self.mean, std=self.std)[0].contiguous()
             if self.keep_rgb:
-                item["rgb"] = _to_uint8(full if self.original_size else rgb)
-            item["ok"] = True
-            item["error"] = None
+                item.rgb = _to_uint8(full if self.original_size else rgb)
         except Exception as err:  # reported in the manifest; one bad file must not stop the run
-            item["error"] = _one_line(err)
-        item["decode_s"] = time.perf_counter() - start
+            item = DecodedImage(position=position, source=item.source, error=_one_line(err))
+        item.decode_s = time.perf_counter() - start
         return item
 
 
-def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Stack the readable images of a batch; keep the failed ones aside.
-
-    Returns:
-        A dict: ``positions``, ``x`` (``[n, 3, H, W]``, None if no image could
-        be read), ``rgb``, ``orig_size``, ``source``, ``decode_s`` (lists
-        aligned with ``positions``) and ``failed`` (the failed items).
-    """
-    good = [item for item in items if item["ok"]]
-    return {
-        "positions": [item["position"] for item in good],
-        "x": torch.stack([item["x"] for item in good]) if good else None,
-        "rgb": [item["rgb"] for item in good],
-        "orig_size": [item["orig_size"] for item in good],
-        "source": [item["source"] for item in good],
-        "decode_s": [item["decode_s"] for item in good],
-        "failed": [item for item in items if not item["ok"]],
-    }
+def collate(items: List[DecodedImage]) -> DecodedBatch:
+    """Stack the readable images of a batch; keep the failed ones aside."""
+    good = [item for item in items if item.ok]
+    return DecodedBatch(
+        x=torch.stack([item.x for item in good]) if good else None,
+        images=good,
+        failed=[item for item in items if not item.ok],
+    )
 
 
 def worker_init(_worker_id: int) -> None:

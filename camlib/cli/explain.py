@@ -7,8 +7,8 @@ The pipeline, top to bottom:
    file if any; cut the list into *work units* of consecutive images (one batch,
    or one ``.npz`` shard); check ``--out`` (``--resume``/``--overwrite``) and
    write ``run.json``. The plan is broadcast to every rank.
-2. **Model**: :func:`camlib.models.build_model`, target layers, :func:`camlib.models.make_cam`,
-   exactly as ``usage_examples/cam.py`` does.
+2. **Model**: :func:`camlib.models.load_model` (the loader ``usage_examples/cam.py``
+   uses too) and :func:`camlib.registry.make_cam`.
 3. **Shard**: unit ``k`` belongs to rank ``k % world_size``. A unit is always
    computed as the same batches of the same images, in every run and on every
    rank, so a map never depends on how many processes ran or on what was done
@@ -24,8 +24,10 @@ The pipeline, top to bottom:
 6. **Merge** (rank 0): every rank's records are gathered; ``manifest.jsonl``
    (one record per image, input order) and ``summary.json`` are written.
 
-Use it from Python with :func:`run_explain`, from a shell with ``camlib explain``
-(see ``docs/explain.md``).
+The settings travel as one :class:`~camlib.cli.settings.ExplainSettings`;
+what ``--out`` may hold and what the tool deletes there is in
+:mod:`camlib.cli.rundir`. Use it from Python with :func:`run_explain` (or
+:func:`run_settings`), from a shell with ``camlib explain`` (see ``docs/explain.md``).
 
 Example:
     >>> import os, tempfile, cv2
@@ -42,26 +44,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Sequence, Set, Tuple, Union
 
 import cv2
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from camlib.cli.dataset import ImageDataset, collate, source_stat, worker_init
+from camlib.cli.dataset import DecodedBatch, ImageDataset, collate, source_stat, worker_init
 from camlib.cli.distributed import DistContext, env_rank, init_distributed
-from camlib.cli.inputs import TargetSpec, UsageError, collect_images, parse_targets, read_label_file
+from camlib.cli.inputs import UsageError, collect_images, read_label_file
 from camlib.cli.manifest import (
     MANIFEST_NAME,
+    ImageRecord,
     ManifestWriter,
     best_records,
     read_records,
@@ -70,17 +71,20 @@ from camlib.cli.manifest import (
     shard_path,
     write_manifest,
 )
-from camlib.cli.outputs import HEATMAP_DIR, OVERLAY_FORMATS, atomic_write, remove_temporaries, shard_name
+from camlib.cli.outputs import HEATMAP_DIR, atomic_write, shard_name
 from camlib.cli.pipeline import (
     CamEngine,
-    LoadedModel,
+    ExplainedImage,
+    Explainer,
     OutputOptions,
     OutputWriter,
     Plan,
     WriterFailed,
-    load_model,
+    load_explainer,
 )
-from camlib.models import CAM_METHODS, resolve_device
+from camlib.cli.rundir import RUN_CONFIG_NAME, RUN_TOOL, SUMMARY_NAME, prepare_out_dir
+from camlib.cli.settings import SAVE_KINDS, ExplainSettings, add_explain_arguments
+from camlib.models import resolve_device
 from camlib.utils.progress import progress_bar, progress_enabled
 
 __all__ = [
@@ -92,10 +96,13 @@ __all__ = [
     "SUMMARY_NAME",
     "ExplainAborted",
     "ExplainResult",
+    "ExplainSettings",
     "PeerError",
+    "RunSummary",
     "add_explain_arguments",
     "run_explain",
     "run_from_args",
+    "run_settings",
 ]
 
 logger = logging.getLogger("camlib.cli")
@@ -106,37 +113,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 #: Exit status: bad arguments (argparse's convention).
 EXIT_USAGE = 2
-#: What ``--save`` accepts.
-SAVE_KINDS = ("overlay", "heatmap")
-#: The run's settings, under ``--out``; ``--resume`` checks them.
-RUN_CONFIG_NAME = "run.json"
-#: Totals and failures of the last run, under ``--out``.
-SUMMARY_NAME = "summary.json"
-
-# Settings that change the outputs: a resumed run must use the same ones.
-_MUST_MATCH = (
-    "model",
-    "weights",
-    "num_classes",
-    "method",
-    "target_layers",
-    "targets",
-    "image_size",
-    "mean",
-    "std",
-    "output_size",
-    "save",
-    "heatmap_format",
-    "shard_size",
-    "overlay_format",
-    "jpeg_quality",
-    "aug_smooth",
-    "eigen_smooth",
-)
 
 
 class ExplainAborted(RuntimeError):
-    """The run stopped part-way (a write failed, the CAM fails for every image, ...).
+    """The run stopped part-way (a write failed, a process was lost, ...).
 
     What was written so far is complete; fix the cause and run again with ``--resume``.
     """
@@ -183,106 +163,42 @@ class ExplainResult:
         return EXIT_OK if self.failed == 0 else EXIT_FAILED
 
 
-# --------------------------------------------------------------------------- checking the arguments
+@dataclass
+class RunSummary:
+    """The totals rank 0 writes to ``summary.json`` and broadcasts (see :class:`ExplainResult`)."""
+
+    total: int
+    ok: int
+    failed: int
+    reused: int
+    computed: int
+    processed: int
+    elapsed_s: float
+    wall_s: float
+    images_per_s: float
+    world_size: int
+    failures: List[Tuple[str, str]]
+    manifest: str
+    config: Dict[str, Any]
+
+    def to_json(self) -> Dict[str, Any]:
+        """``summary.json``'s content."""
+        data = dict(self.__dict__)
+        data["failures"] = [list(f) for f in self.failures]
+        return data
 
 
 @dataclass
-class _Settings:
-    """The checked arguments of one run."""
+class _RankReport:
+    """What each rank sends rank 0 at the end."""
 
-    inputs: Sequence[Union[str, os.PathLike]]
-    out_dir: str
-    model: Union[str, nn.Module]
-    weights: Any
-    num_classes: Optional[int]
-    method: str
-    target_layers: Optional[Sequence[Union[str, nn.Module]]]
-    spec: TargetSpec
-    batch_size: int
-    num_workers: int
-    device: Union[str, torch.device, None]
-    image_size: Optional[Tuple[int, int]]
-    mean: Optional[Tuple[float, ...]]
-    std: Optional[Tuple[float, ...]]
-    save: Tuple[str, ...]
-    heatmap_format: str
-    shard_size: int
-    overlay_format: str
-    jpeg_quality: int
-    output_size: str
-    resume: bool
-    overwrite: bool
-    aug_smooth: bool
-    eigen_smooth: bool
-    progress: Optional[bool]
-    write_threads: int
-    threads: Optional[int]
-    fsync: bool
-    dist_timeout: float
-
-    @property
-    def npz(self) -> bool:
-        """Heatmaps go into ``.npz`` shards."""
-        return self.heatmap_format == "npz" and "heatmap" in self.save
+    records: List[ImageRecord]
+    reused: int
+    processed: int
+    elapsed: float
 
 
-def _check_method(method: str) -> str:
-    if not isinstance(method, str):
-        raise UsageError(f"--method must be a method name, got {type(method).__name__}")
-    key = method.strip().lower()
-    if key not in CAM_METHODS:
-        close = difflib.get_close_matches(key, list(CAM_METHODS), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UsageError(f"unknown method {method!r}.{hint} Expected one of: {', '.join(CAM_METHODS)}")
-    return key
-
-
-def _check_save(save: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-    items = save.split(",") if isinstance(save, str) else list(save)
-    kinds = []
-    for item in items:
-        kind = str(item).strip().lower()
-        kind = kind[:-1] if kind in ("overlays", "heatmaps") else kind
-        if kind not in SAVE_KINDS:
-            raise UsageError(f"--save {','.join(map(str, items))!r}: {item!r} is not one of {', '.join(SAVE_KINDS)}")
-        kinds.append(kind)
-    if not kinds:
-        raise UsageError("--save is empty; use overlay, heatmap or overlay,heatmap")
-    return tuple(k for k in SAVE_KINDS if k in kinds)
-
-
-def _int_at_least(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_size(image_size: Union[int, Sequence[int], None]) -> Optional[Tuple[int, int]]:
-    if image_size is None:
-        return None
-    values = [image_size] if isinstance(image_size, (int, np.integer)) else list(image_size)
-    if len(values) not in (1, 2) or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
-        raise UsageError(f"--image-size takes one or two positive ints (N, or H W), got {image_size!r}")
-    return (int(values[0]), int(values[0])) if len(values) == 1 else (int(values[0]), int(values[1]))
-
-
-def _check_triple(name: str, values: Optional[Sequence[float]]) -> Optional[Tuple[float, ...]]:
-    if values is None:
-        return None
-    values = tuple(float(v) for v in values)
-    if len(values) != 3:
-        raise UsageError(f"{name} takes three values (R G B), got {len(values)}")
-    return values
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise UsageError(f"{name} must be {' or '.join(choices)}, got {value!r}")
-    return text
-
-
-def _pick_device(settings: _Settings, local_rank: int, world: int) -> torch.device:
+def _pick_device(settings: ExplainSettings, local_rank: int, world: int) -> torch.device:
     """``--device`` as a device; ``auto`` is CUDA if available, and each torchrun process gets its own GPU."""
     device = settings.device
     if isinstance(settings.model, nn.Module):
@@ -305,21 +221,28 @@ def _pick_device(settings: _Settings, local_rank: int, world: int) -> torch.devi
 # --------------------------------------------------------------------------- planning (rank 0)
 
 
-def _run_config(settings: _Settings, loaded: LoadedModel) -> Dict[str, Any]:
-    """The settings recorded in ``run.json``."""
+def _run_config(settings: ExplainSettings, explainer: Explainer) -> Dict[str, Any]:
+    """The settings recorded in ``run.json`` (which also marks ``--out`` as a camlib run)."""
     from camlib import __version__
 
     save = settings.save
-    weights = os.fspath(settings.weights) if settings.weights is not None else "none"
-    if weights.strip().lower() not in ("default", "none"):
-        weights = os.path.abspath(weights)
-    jpeg = "overlay" in save and OVERLAY_FORMATS[settings.overlay_format] == ".jpg"
+    if isinstance(settings.model, nn.Module):
+        weights, kind = "(model object)", "(model object)"
+    else:
+        weights = os.fspath(settings.weights) if settings.weights is not None else "none"
+        kind = weights.strip().lower()
+        if kind not in ("default", "none"):
+            weights, kind = os.path.abspath(weights), "path"
+    jpeg = "overlay" in save and settings.overlay_extension == ".jpg"
+    loaded = explainer.model
     return {
-        "model": loaded.description,
-        "weights": weights if isinstance(settings.model, str) else "(model object)",
+        "tool": RUN_TOOL,
+        "model": loaded.name,
+        "weights": weights,
+        "weights_kind": kind,
         "num_classes": settings.num_classes,
-        "method": settings.method,
-        "target_layers": loaded.layer_names,
+        "method": explainer.method,
+        "target_layers": explainer.layer_names,
         "targets": settings.spec.describe(),
         "image_size": list(loaded.image_size),
         "mean": list(loaded.mean),
@@ -328,7 +251,7 @@ def _run_config(settings: _Settings, loaded: LoadedModel) -> Dict[str, Any]:
         "save": list(save),
         "heatmap_format": settings.heatmap_format if "heatmap" in save else None,
         "shard_size": settings.shard_size if settings.npz else None,
-        "overlay_format": OVERLAY_FORMATS[settings.overlay_format][1:] if "overlay" in save else None,
+        "overlay_format": settings.overlay_extension[1:] if "overlay" in save else None,
         "jpeg_quality": settings.jpeg_quality if jpeg else None,
         "batch_size": settings.batch_size,
         "aug_smooth": settings.aug_smooth,
@@ -338,70 +261,27 @@ def _run_config(settings: _Settings, loaded: LoadedModel) -> Dict[str, Any]:
     }
 
 
-def _prepare_out_dir(settings: _Settings, config: Dict[str, Any]) -> None:
-    """Check ``--out`` against an earlier run, clean leftovers, write ``run.json``."""
-    out_dir = settings.out_dir
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out {out_dir!r} is a file; pass a folder (created if needed)")
-    config_path = os.path.join(out_dir, RUN_CONFIG_NAME)
-    candidates = [config_path, os.path.join(out_dir, MANIFEST_NAME), *shard_files(out_dir)]
-    earlier = [p for p in candidates if os.path.exists(p)]
-    if earlier and settings.overwrite:
-        for path in [*earlier, os.path.join(out_dir, SUMMARY_NAME)]:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    elif earlier and not settings.resume:
-        raise UsageError(
-            f"--out {out_dir!r} already holds a camlib explain run ({os.path.basename(earlier[0])}); "
-            "pass --resume to complete it, --overwrite to start again, or choose another --out"
-        )
-    elif earlier and os.path.exists(config_path):
-        try:
-            with open(config_path, encoding="utf-8") as handle:
-                before = json.load(handle)
-        except (OSError, json.JSONDecodeError) as err:
-            raise UsageError(f"cannot read {config_path} ({err}); pass --overwrite to start again") from err
-        different = [k for k in _MUST_MATCH if before.get(k) != config.get(k)]
-        if different:
-            details = "; ".join(f"{k}: {before.get(k)!r} then, {config.get(k)!r} now" for k in different[:4])
-            raise UsageError(
-                f"--resume: --out {out_dir!r} holds a run made with other settings ({details}); resume with "
-                "the same settings, choose another --out, or pass --overwrite to start again"
-            )
-        if before.get("batch_size") != config.get("batch_size"):
-            logger.warning(
-                "--resume with --batch-size %s instead of %s: the images explained now are batched differently "
-                "and may differ from an uninterrupted run in the last bits",
-                config.get("batch_size"),
-                before.get("batch_size"),
-            )
-    os.makedirs(out_dir, exist_ok=True)
-    removed = remove_temporaries(out_dir)
-    if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
-    atomic_write(config_path, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
-
-
-def _make_plan(settings: _Settings, loaded: LoadedModel) -> Plan:
+def _make_plan(settings: ExplainSettings, explainer: Explainer) -> Plan:
     """Collect the images, read the labels, prepare ``--out``; what every rank will follow."""
     images, root = collect_images(settings.inputs, exclude=settings.out_dir)
     spec = settings.spec
+    num_outputs = explainer.model.num_outputs
     labels = None
     naming = "topk" if spec.kind == "topk" else "single"
-    if spec.kind == "topk" and spec.k > loaded.num_outputs:
-        raise UsageError(f"--targets topk:{spec.k} asks for more classes than the model's {loaded.num_outputs} outputs")
+    if spec.kind == "topk" and spec.k > num_outputs:
+        raise UsageError(f"--targets topk:{spec.k} asks for more classes than the model's {num_outputs} outputs")
     if spec.kind == "labels":
         labels = read_label_file(spec.label_file, images, root)
-        too_big = sorted({c for classes in labels.values() for c in classes if c >= loaded.num_outputs})
+        too_big = sorted({c for classes in labels.values() for c in classes if c >= num_outputs})
         if too_big:
             raise UsageError(
-                f"label(s) {too_big[:5]} in {spec.label_file} out of range: the model has {loaded.num_outputs} "
-                f"outputs (0 to {loaded.num_outputs - 1}); pass --num-classes if its head was retrained"
+                f"label(s) {too_big[:5]} in {spec.label_file} out of range: the model has {num_outputs} "
+                f"outputs (0 to {num_outputs - 1}); pass --num-classes if its head was retrained"
             )
         if any(len(classes) > 1 for classes in labels.values()):
             naming = "class"
-    config = _run_config(settings, loaded)
-    _prepare_out_dir(settings, config)
+    config = _run_config(settings, explainer)
+    prepare_out_dir(settings.out_dir, config, resume=settings.resume, overwrite=settings.overwrite)
     unit_size = settings.shard_size if settings.npz else settings.batch_size
     return Plan(images, root, labels, unit_size, naming, config)
 
@@ -415,7 +295,7 @@ class _Work:
 
     units: List[Tuple[int, List[int]]]
     skip: Set[int]
-    reused: List[dict]
+    reused: List[ImageRecord]
 
     @property
     def pending(self) -> int:
@@ -423,7 +303,7 @@ class _Work:
         return sum(len(positions) for _, positions in self.units) - len(self.skip)
 
 
-def _local_work(plan: Plan, ctx: DistContext, settings: _Settings) -> _Work:
+def _local_work(plan: Plan, ctx: DistContext, settings: ExplainSettings) -> _Work:
     """Unit ``k`` belongs to rank ``k % world_size``; with ``--resume``, complete units are skipped.
 
     A unit with some complete images is computed whole (so that its batches are
@@ -435,19 +315,18 @@ def _local_work(plan: Plan, ctx: DistContext, settings: _Settings) -> _Work:
     for unit in range(ctx.rank, plan.num_units, ctx.world_size):
         start, end = plan.unit_range(unit)
         positions = list(range(start, end))
-        done: Dict[int, dict] = {}
+        done: Dict[int, ImageRecord] = {}
         for position in positions if earlier else ():
             image = plan.images[position]
             record = earlier.get(image.rel)
             if record is None or not record_complete(record, settings.out_dir, source_stat(image.path)):
                 continue
-            if plan.labels is not None and record.get("targets") != list(plan.labels[position]):
+            if plan.labels is not None and record.targets != list(plan.labels[position]):
                 continue
-            heatmap = record.get("heatmap")
             shard = f"{HEATMAP_DIR}/{shard_name(unit)}"
-            if settings.npz and (not isinstance(heatmap, dict) or heatmap.get("file") != shard):
+            if settings.npz and (not isinstance(record.heatmap, dict) or record.heatmap.get("file") != shard):
                 continue
-            record.update(index=image.index, image=image.path)
+            record.index, record.image = image.index, image.path
             done[position] = record
         if len(done) == len(positions):
             work.reused.extend(done[p] for p in positions)
@@ -462,7 +341,9 @@ def _local_work(plan: Plan, ctx: DistContext, settings: _Settings) -> _Work:
 # --------------------------------------------------------------------------- the compute loop
 
 
-def _process(plan: Plan, work: _Work, loaded: LoadedModel, ctx: DistContext, settings: _Settings, device: torch.device) -> Tuple[int, float, List[dict]]:
+def _process(
+    plan: Plan, work: _Work, explainer: Explainer, ctx: DistContext, settings: ExplainSettings, device: torch.device
+) -> Tuple[int, float, List[ImageRecord]]:
     """Explain this rank's units; return (images processed, seconds, new records)."""
     manifest_path = shard_path(settings.out_dir, ctx.rank)
     if not settings.resume:
@@ -476,6 +357,7 @@ def _process(plan: Plan, work: _Work, loaded: LoadedModel, ctx: DistContext, set
         for i in range(0, len(positions), settings.batch_size):
             batches.append(positions[i : i + settings.batch_size])
             unit_of[batches[-1][0]] = unit
+    loaded = explainer.model
     dataset = ImageDataset(
         [image.path for image in plan.images],
         loaded.image_size,
@@ -497,12 +379,12 @@ def _process(plan: Plan, work: _Work, loaded: LoadedModel, ctx: DistContext, set
     options = OutputOptions(
         save=settings.save,
         npz=settings.npz,
-        overlay_extension=OVERLAY_FORMATS[settings.overlay_format],
+        overlay_extension=settings.overlay_extension,
         jpeg_quality=settings.jpeg_quality,
         original_size=settings.output_size == "original",
         multi_target=plan.naming != "single",
     )
-    engine = CamEngine(loaded, settings.spec, plan.labels, settings.aug_smooth, settings.eigen_smooth)
+    engine = CamEngine(explainer.cam, settings.spec, plan.labels, settings.aug_smooth, settings.eigen_smooth)
     started = time.perf_counter()
     # OpenCV's thread pool does not survive fork(): a DataLoader worker forked from a process whose
     # pool has threads hangs in its first parallel OpenCV call. Stop the pool before the workers
@@ -512,12 +394,12 @@ def _process(plan: Plan, work: _Work, loaded: LoadedModel, ctx: DistContext, set
     try:
         batch_iter = iter(loader)  # the workers start here, before any thread of ours
         with ManifestWriter(manifest_path, fsync=settings.fsync) as manifest:
-            writer = OutputWriter(settings.out_dir, plan, loaded, manifest, ctx.rank, options, settings.write_threads)
+            writer = OutputWriter(settings.out_dir, plan, explainer, manifest, ctx.rank, options, settings.write_threads)
             bar = progress_bar(
                 total=sum(len(b) for b in batches),
                 progress=bool(progress_enabled(settings.progress) and ctx.is_main),
                 unit="img",
-                desc=f"camlib explain ({settings.method})" + (f", rank 0 of {ctx.world_size}" if ctx.world_size > 1 else ""),
+                desc=f"camlib explain ({explainer.method})" + (f", rank 0 of {ctx.world_size}" if ctx.world_size > 1 else ""),
                 dynamic_ncols=True,
             )
             try:
@@ -533,87 +415,78 @@ def _process(plan: Plan, work: _Work, loaded: LoadedModel, ctx: DistContext, set
     return processed, time.perf_counter() - started, writer.records
 
 
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 def _loop(batch_iter, engine: CamEngine, writer: OutputWriter, bar, unit_of: Dict[int, int], skip: Set[int], device: torch.device) -> int:
-    """Read, compute, hand to the writers, batch after batch; return the number of images processed."""
-    succeeded = processed = 0
+    """Read, compute, hand to the writers, batch after batch; return the number of images processed.
+
+    An image that cannot be read or explained gets an error record and the run
+    goes on, whatever its position and batch.
+    """
+    processed = 0
+    batch: DecodedBatch
     for batch in batch_iter:
-        positions, failed = batch["positions"], batch["failed"]
-        unit = unit_of[min([*positions, *(f["position"] for f in failed)])]
-        errors = [writer.error_record(f["position"], "read", f["error"], f["source"], f["decode_s"]) for f in failed]
-        items = []
+        positions = batch.positions
+        unit = unit_of[min([*positions, *(f.position for f in batch.failed)])]
+        errors = [writer.error_record(f, "read", f.error) for f in batch.failed]
+        items: List[ExplainedImage] = []
         if positions:
-            x = batch["x"].to(device, non_blocking=True)
+            x = batch.x.to(device, non_blocking=True)
             cam_started = time.perf_counter()
             results = engine(x, positions)
             cam_share = (time.perf_counter() - cam_started) / len(positions)
-            crashed = [r for r in results if isinstance(r, Exception)]
-            if crashed and not succeeded and len(crashed) == len(results):
-                error = crashed[0]
-                raise ExplainAborted(
-                    f"the CAM fails for every image of the first batch: {type(error).__name__}: {' '.join(str(error).split())}"
-                ) from error
-            succeeded += len(results) - len(crashed)
-            for j, (position, result) in enumerate(zip(positions, results)):
-                if position in skip:
+            for decoded, result in zip(batch.images, results):
+                if decoded.position in skip:
                     continue
                 if isinstance(result, Exception):
-                    message = f"{type(result).__name__}: {' '.join(str(result).split())}"
-                    errors.append(writer.error_record(position, "cam", message, batch["source"][j], batch["decode_s"][j]))
-                    continue
-                items.append(
-                    {
-                        "position": position,
-                        "result": result,
-                        "rgb": batch["rgb"][j],
-                        "orig_size": batch["orig_size"][j],
-                        "source": batch["source"][j],
-                        "decode_s": batch["decode_s"][j],
-                        "cam_s": cam_share,
-                    }
-                )
-        writer.submit(unit, items, [e for e in errors if e["index"] not in skip])
-        processed += len(positions) + len(failed)
-        bar.update(len(positions) + len(failed))
+                    errors.append(writer.error_record(decoded, "cam", _one_line(result)))
+                else:
+                    items.append(ExplainedImage(decoded, result, cam_share))
+        writer.submit(unit, items, [e for e in errors if e.index not in skip])
+        processed += len(positions) + len(batch.failed)
+        bar.update(len(positions) + len(batch.failed))
     return processed
 
 
 # --------------------------------------------------------------------------- merging (rank 0)
 
 
-def _merge(plan: Plan, out_dir: str, gathered: List[Dict[str, Any]], world: int, wall_s: float) -> Dict[str, Any]:
+def _merge(plan: Plan, out_dir: str, gathered: List[_RankReport], world: int, wall_s: float) -> RunSummary:
     """Write ``manifest.jsonl`` (one record per input image, input order) and ``summary.json``."""
-    best = best_records(r for part in gathered for r in part["records"])
-    records = []
+    best = best_records(r for part in gathered for r in part.records)
+    records: List[ImageRecord] = []
     for image in plan.images:
         record = best.get(image.rel)
         if record is None:  # only if a process lost work: say so rather than hide it
-            record = {
-                "index": image.index, "image": image.path, "rel": image.rel, "status": "error",
-                "stage": "merge", "error": "no process reported this image", "finished_at": time.time(),
-            }  # fmt: skip
-        record["index"] = image.index
+            record = ImageRecord(
+                image.index, image.path, image.rel, "error", stage="merge",
+                error="no process reported this image", finished_at=time.time(),
+            )  # fmt: skip
+        record.index = image.index
         records.append(record)
     path = write_manifest(out_dir, records)
-    reused = sum(part["reused"] for part in gathered)
-    processed = sum(part["processed"] for part in gathered)
-    elapsed = max(part["elapsed"] for part in gathered)
-    failures = [(r["rel"], f"{r.get('stage', '?')}: {r.get('error', '')}") for r in records if r["status"] != "ok"]
-    summary = {
-        "total": len(records),
-        "ok": len(records) - len(failures),
-        "failed": len(failures),
-        "reused": reused,
-        "computed": sum(len(part["records"]) for part in gathered) - reused,
-        "processed": processed,
-        "elapsed_s": round(elapsed, 3),
-        "wall_s": round(wall_s, 3),
-        "images_per_s": round(processed / elapsed, 3) if elapsed > 0 else 0.0,
-        "world_size": world,
-        "failures": failures,
-        "manifest": os.path.basename(path),
-        "config": plan.config,
-    }
-    atomic_write(os.path.join(out_dir, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    reused = sum(part.reused for part in gathered)
+    processed = sum(part.processed for part in gathered)
+    elapsed = max(part.elapsed for part in gathered)
+    failures = [(r.rel, f"{r.stage or '?'}: {r.error or ''}") for r in records if not r.ok]
+    summary = RunSummary(
+        total=len(records),
+        ok=len(records) - len(failures),
+        failed=len(failures),
+        reused=reused,
+        computed=sum(len(part.records) for part in gathered) - reused,
+        processed=processed,
+        elapsed_s=round(elapsed, 3),
+        wall_s=round(wall_s, 3),
+        images_per_s=round(processed / elapsed, 3) if elapsed > 0 else 0.0,
+        world_size=world,
+        failures=failures,
+        manifest=os.path.basename(path),
+        config=plan.config,
+    )
+    atomic_write(os.path.join(out_dir, SUMMARY_NAME), (json.dumps(summary.to_json(), indent=2) + "\n").encode("utf-8"))
     for shard in shard_files(out_dir):
         with contextlib.suppress(FileNotFoundError):
             os.remove(shard)
@@ -624,36 +497,7 @@ def _merge(plan: Plan, out_dir: str, gathered: List[Dict[str, Any]], world: int,
 
 
 def run_explain(
-    inputs: Sequence[Union[str, os.PathLike]],
-    out: Union[str, os.PathLike],
-    *,
-    model: Union[str, nn.Module] = "demo",
-    weights: Union[str, os.PathLike, None] = "DEFAULT",
-    num_classes: Optional[int] = None,
-    method: str = "gradcam",
-    target_layers: Optional[Sequence[Union[str, nn.Module]]] = None,
-    targets: str = "top1",
-    batch_size: int = 32,
-    num_workers: Optional[int] = None,
-    device: Union[str, torch.device, None] = "auto",
-    image_size: Union[int, Sequence[int], None] = None,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    save: Union[str, Sequence[str]] = SAVE_KINDS,
-    heatmap_format: str = "npy",
-    shard_size: int = 1024,
-    overlay_format: str = "jpg",
-    jpeg_quality: int = 95,
-    output_size: str = "input",
-    resume: bool = False,
-    overwrite: bool = False,
-    aug_smooth: bool = False,
-    eigen_smooth: bool = False,
-    progress: Optional[bool] = None,
-    write_threads: int = 2,
-    threads: Optional[int] = None,
-    fsync: bool = True,
-    dist_timeout: float = 1800.0,
+    inputs: Sequence[Union[str, os.PathLike]], out: Union[str, os.PathLike], **options: Any
 ) -> ExplainResult:
     """Explain every image of a data set and write heatmaps, overlays and a manifest.
 
@@ -665,56 +509,37 @@ def run_explain(
             listing image paths (see :func:`camlib.cli.inputs.collect_images`).
         out: The output folder: ``heatmaps/`` and ``overlays/`` mirror the
             inputs' folders; ``manifest.jsonl``, ``summary.json`` and ``run.json``.
-        model: ``"demo"``, a torchvision classification model name,
-            ``"timm:<name>"`` (see :func:`camlib.models.build_model`), or an
-            ``nn.Module`` (then ``image_size`` and ``target_layers`` are needed).
-        weights: ``"DEFAULT"``, ``"none"`` or a checkpoint path (model names only).
-        num_classes: Outputs of a retrained head.
-        method: A key of :data:`camlib.models.CAM_METHODS`.
-        target_layers: Layer paths such as ``"layer4[-1]"`` (or modules of a
-            model object); default: the architecture's usual layer.
-        targets: ``"top1"``, ``"topk:K"`` or a label file
-            (see :func:`camlib.cli.inputs.read_label_file`).
-        batch_size: Images per CAM call.
-        num_workers: DataLoader worker processes (None: up to 4); 0 decodes in
-            the main process.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
-            ``"mps"``; under torchrun ``"cuda"`` means ``cuda:LOCAL_RANK``.
-        image_size: Model input size, ``N`` or ``(H, W)`` (default: the model's).
-        mean: Normalisation mean (RGB); default: the model's.
-        std: Normalisation std (RGB); default: the model's.
-        save: ``"overlay"``, ``"heatmap"``, or both (a list or a comma-separated string).
-        heatmap_format: ``"npy"`` (one float16 file per image) or ``"npz"``
-            (one archive per shard of ``shard_size`` images).
-        shard_size: Images per ``.npz`` shard.
-        overlay_format: ``"jpg"`` or ``"png"``.
-        jpeg_quality: JPEG quality of the overlays (0-100).
-        output_size: ``"input"`` (maps and overlays at the model's input size)
-            or ``"original"`` (resized back to each image's own size).
-        resume: Keep the complete outputs of an earlier run in ``out`` and do the rest.
-        overwrite: Start again in an ``out`` that holds an earlier run.
-        aug_smooth: Test-time augmentation smoothing.
-        eigen_smooth: First principal component of the weighted activations.
-        progress: Show a progress bar (None: unless ``CAMLIB_DISABLE_PROGRESS=1``); rank 0 only.
-        write_threads: Threads encoding and writing outputs.
-        threads: torch's intra-op threads during the call (None: leave as is).
-        fsync: fsync the manifest after each batch's records.
-        dist_timeout: Seconds a process waits for the others (torchrun) before failing.
+            It must be new, empty, or an earlier run (with ``resume`` or ``overwrite``).
+        **options: The other fields of :class:`~camlib.cli.settings.ExplainSettings`,
+            as keywords: ``model`` (``"demo"``, a torchvision name, ``"timm:<name>"``
+            or an ``nn.Module``, which then needs ``image_size`` and ``target_layers``),
+            ``weights``, ``num_classes``, ``method`` (a registered name),
+            ``target_layers``, ``targets`` (``"top1"``, ``"topk:K"`` or a label
+            file), ``batch_size``, ``num_workers``, ``device``, ``image_size``,
+            ``mean``, ``std``, ``save``, ``heatmap_format``, ``shard_size``,
+            ``overlay_format``, ``jpeg_quality``, ``output_size``, ``resume``,
+            ``overwrite``, ``aug_smooth``, ``eigen_smooth``, ``progress``,
+            ``write_threads``, ``threads``, ``fsync``, ``dist_timeout``.
 
     Returns:
         An :class:`ExplainResult` (the same on every rank).
 
     Raises:
+        TypeError: For an unknown keyword.
         UsageError: For bad arguments (a :class:`ValueError`).
         ValueError, TypeError, RuntimeError, ImportError: From building the
             model (unknown name, bad checkpoint, no internet for DEFAULT weights).
         ExplainAborted: If the run had to stop part-way (outputs written so far
             are complete; resume later).
     """
-    arguments = dict(locals())
+    return run_settings(ExplainSettings(inputs, out, **options))
+
+
+def run_settings(settings: ExplainSettings) -> ExplainResult:
+    """Run ``camlib explain`` with :class:`~camlib.cli.settings.ExplainSettings` (see :func:`run_explain`)."""
     started = time.perf_counter()
     try:
-        settings = _check_arguments(**arguments)
+        settings = settings.checked()
     except UsageError as err:
         if env_rank()[0] != 0:
             raise PeerError(str(err)) from err
@@ -738,79 +563,33 @@ def run_explain(
     return ExplainResult(
         out_dir=settings.out_dir,
         manifest=os.path.join(settings.out_dir, MANIFEST_NAME),
-        total=summary["total"],
-        ok=summary["ok"],
-        failed=summary["failed"],
-        reused=summary["reused"],
-        computed=summary["computed"],
-        elapsed_s=summary["elapsed_s"],
-        images_per_s=summary["images_per_s"],
-        failures=[tuple(f) for f in summary["failures"]],
-        world_size=summary["world_size"],
+        total=summary.total,
+        ok=summary.ok,
+        failed=summary.failed,
+        reused=summary.reused,
+        computed=summary.computed,
+        elapsed_s=summary.elapsed_s,
+        images_per_s=summary.images_per_s,
+        failures=[tuple(f) for f in summary.failures],
+        world_size=summary.world_size,
     )
 
 
-def _check_arguments(
-    *, inputs, out, model, weights, num_classes, method, target_layers, targets, batch_size, num_workers, device,
-    image_size, mean, std, save, heatmap_format, shard_size, overlay_format, jpeg_quality, output_size, resume,
-    overwrite, aug_smooth, eigen_smooth, progress, write_threads, threads, fsync, dist_timeout,
-) -> _Settings:  # fmt: skip
-    """:func:`run_explain`'s arguments, checked (:class:`UsageError` for the first mistake)."""
-    settings = _Settings(
-        inputs=[inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs),
-        out_dir=os.path.abspath(os.fspath(out)),
-        model=model,
-        weights=weights,
-        num_classes=num_classes,
-        method=_check_method(method),
-        target_layers=target_layers,
-        spec=parse_targets(targets),
-        batch_size=_int_at_least("--batch-size", batch_size),
-        num_workers=_int_at_least("--num-workers", min(4, os.cpu_count() or 1) if num_workers is None else num_workers, 0),
-        device=device,
-        image_size=_check_size(image_size),
-        mean=_check_triple("--mean", mean),
-        std=_check_triple("--std", std),
-        save=_check_save(save),
-        heatmap_format=_check_choice("--heatmap-format", heatmap_format, ("npy", "npz")),
-        shard_size=_int_at_least("--shard-size", shard_size),
-        overlay_format=_check_choice("--overlay-format", overlay_format, tuple(OVERLAY_FORMATS)),
-        jpeg_quality=_int_at_least("--jpeg-quality", jpeg_quality, 0),
-        output_size=_check_choice("--output-size", output_size, ("input", "original")),
-        resume=bool(resume),
-        overwrite=bool(overwrite),
-        aug_smooth=bool(aug_smooth),
-        eigen_smooth=bool(eigen_smooth),
-        progress=progress,
-        write_threads=_int_at_least("--write-threads", write_threads),
-        threads=None if threads is None else _int_at_least("--threads", threads),
-        fsync=bool(fsync),
-        dist_timeout=float(dist_timeout),
-    )
-    if settings.jpeg_quality > 100:
-        raise UsageError(f"--jpeg-quality must be from 0 to 100, got {jpeg_quality}")
-    if settings.resume and settings.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other: resume keeps earlier outputs, overwrite redoes them")
-    if settings.aug_smooth and settings.method == "fullgrad":
-        raise UsageError("--aug-smooth does not apply to fullgrad")
-    return settings
-
-
-def _run(settings: _Settings, ctx: DistContext, device: torch.device, started: float) -> Dict[str, Any]:
+def _run(settings: ExplainSettings, ctx: DistContext, device: torch.device, started: float) -> RunSummary:
     """Plan (rank 0), build the model, process this rank's share, merge (rank 0); return the summary."""
 
-    def build() -> LoadedModel:
-        return load_model(
-            settings.model, settings.weights, settings.num_classes, device, settings.image_size,
-            settings.mean, settings.std, settings.target_layers, settings.method,
+    def build() -> Explainer:
+        return load_explainer(
+            settings.model, settings.method, weights=settings.weights, num_classes=settings.num_classes,
+            device=device, image_size=settings.image_size, mean=settings.mean, std=settings.std,
+            target_layers=settings.target_layers,
         )  # fmt: skip
 
     # Rank 0 builds the model first (so that a download happens once), then plans; the others wait.
-    loaded = None
     if ctx.is_main:
         try:
-            loaded = build()
-            plan = _make_plan(settings, loaded)
+            explainer = build()
+            plan = _make_plan(settings, explainer)
         except Exception as err:
             ctx.broadcast(("error", " ".join(str(err).split()) or type(err).__name__))
             raise
@@ -820,16 +599,18 @@ def _run(settings: _Settings, ctx: DistContext, device: torch.device, started: f
         if status == "error":
             raise PeerError(payload)
         plan = payload
-        loaded = build()
+        explainer = build()
     try:
-        return _execute(plan, loaded, ctx, settings, device, started)
+        return _execute(plan, explainer, ctx, settings, device, started)
     except (ExplainAborted, KeyboardInterrupt):
         raise
     except Exception as err:  # past the setup, a failure is the run's, not the arguments'
         raise ExplainAborted(" ".join(f"{type(err).__name__}: {err}".split())) from err
 
 
-def _execute(plan: Plan, loaded: LoadedModel, ctx: DistContext, settings: _Settings, device: torch.device, started: float) -> Dict[str, Any]:
+def _execute(
+    plan: Plan, explainer: Explainer, ctx: DistContext, settings: ExplainSettings, device: torch.device, started: float
+) -> RunSummary:
     work = _local_work(plan, ctx, settings)
     if ctx.is_main:
         logger.info(
@@ -837,8 +618,8 @@ def _execute(plan: Plan, loaded: LoadedModel, ctx: DistContext, settings: _Setti
             len(plan.images), plan.root, f"{len(work.reused)} already done, " if settings.resume else "",
             work.pending, device, f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else "",
         )  # fmt: skip
-    processed, elapsed, records = _process(plan, work, loaded, ctx, settings, device)
-    gathered = ctx.gather({"records": work.reused + records, "reused": len(work.reused), "processed": processed, "elapsed": elapsed})
+    processed, elapsed, records = _process(plan, work, explainer, ctx, settings, device)
+    gathered = ctx.gather(_RankReport(work.reused + records, len(work.reused), processed, elapsed))
     summary = _merge(plan, settings.out_dir, gathered, ctx.world_size, time.perf_counter() - started) if ctx.is_main else None
     summary = ctx.broadcast(summary)
     with contextlib.suppress(FileNotFoundError):
@@ -847,89 +628,6 @@ def _execute(plan: Plan, loaded: LoadedModel, ctx: DistContext, settings: _Setti
 
 
 # --------------------------------------------------------------------------- the command line
-
-
-def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``camlib explain``'s arguments to ``parser``."""
-    parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT",
-        help="image files, folders (searched recursively) or text files (.txt, .lst) listing image paths",
-    )  # fmt: skip
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", default="demo",
-        help="'demo' (default: camlib's bundled demo model), a torchvision classification model "
-        "(resnet50, densenet121, vit_b_16, swin_t, ...) or timm:<name> with timm installed",
-    )  # fmt: skip
-    model.add_argument(
-        "--weights", default="DEFAULT",
-        help="DEFAULT: pretrained (demo: bundled, offline; torchvision: downloaded once); none: random; "
-        "or a checkpoint path (state_dict or training checkpoint; read with weights_only=True)",
-    )  # fmt: skip
-    model.add_argument("--num-classes", type=int, default=None, help="outputs of a retrained head, e.g. 14")
-    model.add_argument(
-        "--method", default="gradcam", metavar="METHOD", help=f"one of: {', '.join(CAM_METHODS)} (default: gradcam)"
-    )
-    model.add_argument(
-        "--target-layer", action="extend", nargs="+", default=None, metavar="PATH",
-        help="target layer path(s), e.g. 'layer4[-1]' (quote brackets in a shell); default: the architecture's usual one",
-    )  # fmt: skip
-    model.add_argument(
-        "--targets", default="top1",
-        help="top1 (default: each image's top class), topk:K (the K top classes, one map each) or a label "
-        "file (.csv, .tsv, .txt, .json) mapping image paths to class indices",
-    )  # fmt: skip
-    model.add_argument(
-        "--image-size", type=int, nargs="+", default=None, metavar="N",
-        help="model input size: N (square) or H W (default: 128 for demo, 224 for torchvision models)",
-    )  # fmt: skip
-    model.add_argument("--mean", type=float, nargs=3, default=None, metavar="M", help="normalisation mean (RGB)")
-    model.add_argument("--std", type=float, nargs=3, default=None, metavar="S", help="normalisation std (RGB)")
-    model.add_argument("--aug-smooth", action="store_true", help="test-time augmentation smoothing")
-    model.add_argument("--eigen-smooth", action="store_true", help="first principal component of the weighted activations")
-    run = parser.add_argument_group("running")
-    run.add_argument("--batch-size", type=int, default=32, help="images per CAM batch (default: 32)")
-    run.add_argument(
-        "--num-workers", type=int, default=None,
-        help="DataLoader worker processes decoding images (default: min(4, CPUs); 0: in the main process)",
-    )  # fmt: skip
-    run.add_argument(
-        "--device", default="auto",
-        help="auto (default: CUDA if available, else CPU), cpu, cuda, cuda:N, mps; under torchrun, cuda means cuda:LOCAL_RANK",
-    )  # fmt: skip
-    run.add_argument("--resume", action="store_true", help="keep complete outputs in --out and do the rest")
-    run.add_argument("--overwrite", action="store_true", help="start again in an --out that holds an earlier run")
-    run.add_argument("--write-threads", type=int, default=2, help="threads encoding and writing outputs (default: 2)")
-    run.add_argument(
-        "--threads", type=int, default=None,
-        help="torch CPU threads of each process (default: torch's; torchrun sets OMP_NUM_THREADS=1)",
-    )  # fmt: skip
-    run.add_argument("--no-fsync", action="store_true", help="do not fsync the manifest after each batch")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar (also CAMLIB_DISABLE_PROGRESS=1)")
-    run.add_argument(
-        "--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
-        help="under torchrun: how long a process waits for the others before failing (default: 1800)",
-    )  # fmt: skip
-    run.add_argument("-q", "--quiet", action="store_true", help="only errors and the final summary")
-    run.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
-    outputs = parser.add_argument_group("outputs")
-    outputs.add_argument(
-        "--save", default="overlay,heatmap",
-        help="what to write: overlay, heatmap or overlay,heatmap (default); the manifest is always written",
-    )  # fmt: skip
-    outputs.add_argument(
-        "--heatmap-format", choices=("npy", "npz"), default="npy",
-        help="npy: one float16 .npy per image (default); npz: one .npz per shard of --shard-size images",
-    )  # fmt: skip
-    outputs.add_argument("--shard-size", type=int, default=1024, help="images per .npz shard (default: 1024)")
-    outputs.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay format (default: jpg)")
-    outputs.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the overlays (default: 95)")
-    outputs.add_argument(
-        "--output-size", choices=("input", "original"), default="input",
-        help="input: maps and overlays at the model's input size (default); original: at each image's own size",
-    )  # fmt: skip
-    return parser
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -982,37 +680,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "camlib explain") -> int
     where = f" (rank {rank})" if rank else ""  # the same mistake is reported by rank 0 too
     _configure_logging(args.quiet, rank)
     try:
-        result = run_explain(
-            args.inputs,
-            args.out,
-            model=args.model,
-            weights=args.weights,
-            num_classes=args.num_classes,
-            method=args.method,
-            target_layers=args.target_layer,
-            targets=args.targets,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            device=args.device,
-            image_size=args.image_size,
-            mean=args.mean,
-            std=args.std,
-            save=args.save,
-            heatmap_format=args.heatmap_format,
-            shard_size=args.shard_size,
-            overlay_format=args.overlay_format,
-            jpeg_quality=args.jpeg_quality,
-            output_size=args.output_size,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            aug_smooth=args.aug_smooth,
-            eigen_smooth=args.eigen_smooth,
-            progress=False if args.no_progress else None,
-            write_threads=args.write_threads,
-            threads=args.threads,
-            fsync=not args.no_fsync,
-            dist_timeout=args.dist_timeout,
-        )
+        result = run_settings(ExplainSettings.from_namespace(args))
     except PeerError:
         return EXIT_USAGE  # rank 0 prints it
     except ExplainAborted as err:

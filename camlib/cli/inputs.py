@@ -38,6 +38,7 @@ __all__ = [
     "TargetSpec",
     "UsageError",
     "collect_images",
+    "output_stems",
     "parse_targets",
     "read_label_file",
 ]
@@ -230,6 +231,11 @@ def collect_images(
                     f"input {os.fspath(raw)!r} is neither an image ({', '.join(IMAGE_EXTENSIONS[:7])}, ...) "
                     f"nor a list of image paths ({', '.join(LIST_EXTENSIONS)}) nor a folder"
                 )
+        elif os.path.exists(arg):
+            raise UsageError(
+                f"input {os.fspath(raw)!r} is not a regular file or folder (a FIFO, socket or device); "
+                "pass image files, folders or text files listing image paths"
+            )
         else:
             raise UsageError(f"input {os.fspath(raw)!r} does not exist")
     unique = sorted({os.path.normpath(p) for p in paths if not _inside(os.path.realpath(p), exclude_real)})
@@ -245,15 +251,51 @@ def collect_images(
         raise UsageError(f"the inputs have no common folder to mirror under --out ({err})") from err
     rels = [PurePosixPath(*Path(os.path.relpath(p, root)).parts).as_posix() for p in unique]
     order = sorted(range(len(unique)), key=lambda i: rels[i])
-    stems = [_strip_extension(rel) for rel in rels]
-    counts: Dict[str, int] = {}
-    for stem in stems:
-        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
-    images = []
-    for index, i in enumerate(order):
-        stem = stems[i] if counts[stems[i].lower()] == 1 else rels[i]
-        images.append(InputImage(index=index, path=unique[i], rel=rels[i], stem=stem))
+    stems = output_stems([rels[i] for i in order])
+    images = [
+        InputImage(index=index, path=unique[i], rel=rels[i], stem=stem) for index, (i, stem) in enumerate(zip(order, stems))
+    ]
     return images, root
+
+
+def output_stems(rels: Sequence[str]) -> List[str]:
+    """The base of each image's output names, unique by construction (ignoring case).
+
+    An image's stem is its relative path without the extension (``a/b.png`` ->
+    ``a/b``) when no other image has that stem; otherwise the whole relative
+    path (``a.png`` and ``a.jpg`` -> ``a.png`` and ``a.jpg``). A name still
+    taken after that (``a.png.png`` whose stem is ``a.png``) gets ``~2``,
+    ``~3``, ... appended, in input order, so no two images ever share an
+    output file (the outputs add an extension or a ``_top<k>``/``_class<c>``
+    suffix to the stem, which keeps distinct stems distinct).
+
+    Args:
+        rels: The images' relative paths, in input order (unique).
+
+    Returns:
+        One stem per image.
+
+    Example:
+        >>> output_stems(["a.jpg", "a.png", "a.png.png", "b.png"])
+        ['a.jpg', 'a.png', 'a.png~2', 'b']
+    """
+    stripped = [_strip_extension(rel) for rel in rels]
+    counts: Dict[str, int] = {}
+    for stem in stripped:
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    preferred = [stem if counts[stem.lower()] == 1 else rel for stem, rel in zip(stripped, rels)]
+    wanted = {stem.lower() for stem in preferred}
+    taken: set = set()
+    stems = []
+    for stem in preferred:
+        # the first image to prefer a name gets it; a later one takes the first "~k" nobody prefers
+        name, k = stem, 1
+        while name.lower() in taken or (k > 1 and name.lower() in wanted):
+            k += 1
+            name = f"{stem}~{k}"
+        taken.add(name.lower())
+        stems.append(name)
+    return stems
 
 
 def _strip_extension(rel: str) -> str:

@@ -14,8 +14,9 @@ file has not changed since, and every output file listed in the record exists
 with the recorded size.
 
 Example:
-    >>> best_records([{"rel": "a.png", "status": "error", "finished_at": 2.0},
-    ...               {"rel": "a.png", "status": "ok", "finished_at": 1.0}])["a.png"]["status"]
+    >>> records = [ImageRecord(0, "/data/a.png", "a.png", "error", finished_at=2.0),
+    ...            ImageRecord(0, "/data/a.png", "a.png", "ok", finished_at=1.0)]
+    >>> best_records(records)["a.png"].status
     'ok'
 """
 
@@ -25,13 +26,15 @@ import json
 import os
 import re
 import threading
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from camlib.cli.outputs import atomic_write
 
 __all__ = [
     "MANIFEST_NAME",
     "RUN_VARYING_KEYS",
+    "ImageRecord",
     "ManifestWriter",
     "best_records",
     "dumps",
@@ -50,6 +53,82 @@ RUN_VARYING_KEYS = ("time", "rank", "finished_at")
 _SHARD = re.compile(r"^manifest\.rank(\d+)\.jsonl$")
 
 
+@dataclass
+class ImageRecord:
+    """One image's manifest record (a JSON line; fields that are None are left out).
+
+    Attributes:
+        index: Position in the run's sorted input list.
+        image: The image file (absolute path).
+        rel: Its path relative to the inputs' common folder (the record's key).
+        status: ``"ok"`` or ``"error"``.
+        stage: Where an error happened: ``"read"``, ``"cam"`` or ``"merge"``.
+        error: The error, in one line.
+        pred: The top class.
+        pred_name: Its name, when the model's class names are known.
+        score: Its score.
+        targets: The explained classes, one map each.
+        target_scores: Their scores.
+        method: The CAM method.
+        layers: The target layers' paths.
+        input_size: ``[H, W]`` of the model input.
+        image_size: ``[H, W]`` of the image file.
+        heatmap: The ``.npy`` file, or ``{"file": shard, "key": rel}`` in ``.npz`` mode.
+        overlays: The overlay files, one per target.
+        files: Every output file of the image (relative to ``--out``) -> its size in bytes.
+        source: ``{"bytes", "mtime_ns"}`` of the image file when it was read.
+        rank: The process that wrote it.
+        time: Seconds spent decoding, computing and writing.
+        finished_at: When the record was written (Unix time).
+    """
+
+    index: int
+    image: str
+    rel: str
+    status: str
+    stage: Optional[str] = None
+    error: Optional[str] = None
+    pred: Optional[int] = None
+    pred_name: Optional[str] = None
+    score: Optional[float] = None
+    targets: Optional[List[int]] = None
+    target_scores: Optional[List[float]] = None
+    method: Optional[str] = None
+    layers: Optional[List[str]] = None
+    input_size: Optional[List[int]] = None
+    image_size: Optional[List[int]] = None
+    heatmap: Union[str, Dict[str, str], None] = None
+    overlays: Optional[List[str]] = None
+    files: Optional[Dict[str, int]] = None
+    source: Optional[Dict[str, int]] = None
+    rank: Optional[int] = None
+    time: Optional[Dict[str, float]] = None
+    finished_at: Optional[float] = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the image was explained."""
+        return self.status == "ok"
+
+    def to_json(self) -> Dict[str, Any]:
+        """The record as the JSON object of its line (None fields left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Optional[ImageRecord]:
+        """A record read back from a line; None if it is not one (unknown fields are ignored)."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data.get("rel"), str) or not isinstance(data.get("status"), str):
+            return None
+        values = {k: v for k, v in data.items() if k in names}
+        values.setdefault("index", -1)
+        values.setdefault("image", "")
+        try:
+            return cls(**values)
+        except TypeError:
+            return None
+
+
 def shard_path(out_dir: str, rank: int) -> str:
     """The manifest shard of process ``rank``."""
     return os.path.join(out_dir, f"manifest.rank{rank}.jsonl")
@@ -63,9 +142,10 @@ def shard_files(out_dir: str) -> List[str]:
     return [os.path.join(out_dir, name) for _, name in sorted(found)]
 
 
-def dumps(record: Mapping) -> str:
+def dumps(record: Union[ImageRecord, Mapping]) -> str:
     """One record as a JSON line (without the newline)."""
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
+    data = record.to_json() if isinstance(record, ImageRecord) else record
+    return json.dumps(data, ensure_ascii=False, separators=(", ", ": "), allow_nan=False)
 
 
 class ManifestWriter:
@@ -87,7 +167,7 @@ class ManifestWriter:
         _drop_torn_tail(path)
         self._handle = open(path, "a", encoding="utf-8")
 
-    def write(self, records: Sequence[Mapping]) -> None:
+    def write(self, records: Sequence[ImageRecord]) -> None:
         """Append ``records``, flush, and fsync."""
         if not records:
             return
@@ -121,7 +201,7 @@ def _drop_torn_tail(path: str) -> None:
         pass
 
 
-def _parse_lines(path: str) -> List[dict]:
+def _parse_lines(path: str) -> List[ImageRecord]:
     records = []
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -132,14 +212,15 @@ def _parse_lines(path: str) -> List[dict]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(record, dict) and isinstance(record.get("rel"), str):
-                    records.append(record)
+                parsed = ImageRecord.from_json(record) if isinstance(record, dict) else None
+                if parsed is not None:
+                    records.append(parsed)
     except FileNotFoundError:
         pass
     return records
 
 
-def read_records(out_dir: str) -> List[dict]:
+def read_records(out_dir: str) -> List[ImageRecord]:
     """Every record of ``manifest.jsonl`` and of the shards under ``out_dir``, in file order."""
     records = _parse_lines(os.path.join(out_dir, MANIFEST_NAME))
     for path in shard_files(out_dir):
@@ -147,23 +228,22 @@ def read_records(out_dir: str) -> List[dict]:
     return records
 
 
-def best_records(records: Iterable[Mapping]) -> Dict[str, dict]:
+def best_records(records: Iterable[ImageRecord]) -> Dict[str, ImageRecord]:
     """The record to keep for each image (by ``rel``): a success over a failure, then the latest."""
-    best: Dict[str, dict] = {}
+    best: Dict[str, ImageRecord] = {}
     for record in records:
-        key = record["rel"]
-        current = best.get(key)
+        current = best.get(record.rel)
         if current is None or _rank(record) >= _rank(current):
-            best[key] = dict(record)
+            best[record.rel] = record
     return best
 
 
-def _rank(record: Mapping) -> tuple:
-    finished = record.get("finished_at")
-    return (record.get("status") == "ok", finished if isinstance(finished, (int, float)) else 0.0)
+def _rank(record: ImageRecord) -> tuple:
+    finished = record.finished_at
+    return (record.ok, finished if isinstance(finished, (int, float)) else 0.0)
 
 
-def record_complete(record: Optional[Mapping], out_dir: str, source: Optional[Mapping]) -> bool:
+def record_complete(record: Optional[ImageRecord], out_dir: str, source: Optional[Mapping]) -> bool:
     """Whether an image's outputs are complete, so that ``--resume`` can skip it.
 
     Args:
@@ -176,11 +256,11 @@ def record_complete(record: Optional[Mapping], out_dir: str, source: Optional[Ma
         modification time it had when it was explained, and every file in the
         record's ``"files"`` exists with its recorded size.
     """
-    if record is None or record.get("status") != "ok":
+    if record is None or not record.ok:
         return False
-    if source is not None and record.get("source") != dict(source):
+    if source is not None and record.source != dict(source):
         return False
-    files = record.get("files")
+    files = record.files
     if not isinstance(files, Mapping) or not files:
         return False
     for rel, size in files.items():
@@ -192,7 +272,7 @@ def record_complete(record: Optional[Mapping], out_dir: str, source: Optional[Ma
     return True
 
 
-def write_manifest(out_dir: str, records: Sequence[Mapping]) -> str:
+def write_manifest(out_dir: str, records: Sequence[ImageRecord]) -> str:
     """Write ``manifest.jsonl`` atomically; return its path."""
     path = os.path.join(out_dir, MANIFEST_NAME)
     atomic_write(path, "".join(dumps(r) + "\n" for r in records).encode("utf-8"))

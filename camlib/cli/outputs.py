@@ -1,9 +1,11 @@
 """How ``camlib explain`` writes its files: atomically, deterministically, in a mirrored tree.
 
-Every file is written under a temporary name (``<name>.tmp-<pid>``) and moved
-into place with :func:`os.replace`, so a file with its final name is always
-complete; a run killed mid-write leaves at most a temporary file, which
-:func:`remove_temporaries` deletes when the next run starts.
+Every file is written under a temporary name (``.<name>.camlib-tmp-<pid>``, a
+hidden file next to the final one) and moved into place with :func:`os.replace`,
+so a file with its final name is always complete; a run killed mid-write leaves
+at most a temporary file, which :func:`remove_temporaries` deletes when the next
+run starts. Only names of that exact form, at the top of ``--out`` or under its
+``heatmaps/`` and ``overlays/`` folders, are ever taken for temporaries.
 
 Heatmaps are float16 ``.npy`` files, or ``.npz`` archives (one per shard) that
 :func:`npz_bytes` writes with fixed timestamps, so that the same maps give the
@@ -43,6 +45,7 @@ __all__ = [
     "remove_temporaries",
     "resize_maps",
     "shard_name",
+    "temporary_name",
 ]
 
 #: Folder of the heatmaps under ``--out`` (mirroring the inputs' folders).
@@ -51,8 +54,8 @@ HEATMAP_DIR = "heatmaps"
 OVERLAY_DIR = "overlays"
 #: Overlay formats and their file endings.
 OVERLAY_FORMATS = {"jpg": ".jpg", "jpeg": ".jpg", "png": ".png"}
-#: Names of temporary files: ``<final name>.tmp-<pid>``.
-TMP_PATTERN = re.compile(r"\.tmp-\d+$")
+#: Names of temporary files: ``.<final name>.camlib-tmp-<pid>``.
+TMP_PATTERN = re.compile(r"^\..+\.camlib-tmp-\d+$")
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 
@@ -74,7 +77,7 @@ def atomic_write(path: str, data: bytes, make_dirs: bool = True) -> int:
     folder = os.path.dirname(path)
     if make_dirs and folder:
         os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -86,6 +89,17 @@ def atomic_write(path: str, data: bytes, make_dirs: bool = True) -> int:
             pass
         raise
     return len(data)
+
+
+def temporary_name(path: str) -> str:
+    """The temporary file :func:`atomic_write` writes before renaming it to ``path``.
+
+    Example:
+        >>> temporary_name("out/heatmaps/a.npy") == f"out/heatmaps/.a.npy.camlib-tmp-{os.getpid()}"
+        True
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.camlib-tmp-{os.getpid()}")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -174,7 +188,8 @@ def encode_overlay(rgb: np.ndarray, heatmap: np.ndarray, extension: str, jpeg_qu
 
 
 def remove_temporaries(folder: str) -> int:
-    """Delete the temporary files (``*.tmp-<pid>``) a killed run left under ``folder``.
+    """Delete the temporary files (``.<name>.camlib-tmp-<pid>``) a killed run left in ``folder``
+    (the ``--out`` folder: its top level, ``heatmaps/`` and ``overlays/``; nothing else is looked at).
 
     Returns:
         How many were deleted.
@@ -182,12 +197,18 @@ def remove_temporaries(folder: str) -> int:
     removed = 0
     if not os.path.isdir(folder):
         return 0
-    for top, _, files in os.walk(folder):
-        for name in files:
-            if TMP_PATTERN.search(name):
-                try:
-                    os.remove(os.path.join(top, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+    places = [(folder, False), (os.path.join(folder, HEATMAP_DIR), True), (os.path.join(folder, OVERLAY_DIR), True)]
+    for place, recursive in places:
+        if not os.path.isdir(place):
+            continue
+        walk = os.walk(place) if recursive else [(place, [], os.listdir(place))]
+        for top, _, files in walk:
+            for name in files:
+                path = os.path.join(top, name)
+                if TMP_PATTERN.match(name) and os.path.isfile(path) and not os.path.islink(path):
+                    try:
+                        os.remove(path)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
     return removed

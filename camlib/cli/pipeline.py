@@ -1,11 +1,11 @@
 """The moving parts of ``camlib explain``: the model, the CAM engine and the output writer.
 
-* :func:`load_model` builds the model and its CAM exactly as
-  ``usage_examples/cam.py`` does (:mod:`camlib.models`), checks that it is a
-  classifier that accepts the input size, and returns a :class:`LoadedModel`.
-* :class:`CamEngine` turns a batch into maps, predictions and scores: one CAM
-  call per target slot (``top1``: one; ``topk:K``: K; a label file: as many as
-  the image with the most labels).
+* :func:`load_explainer` loads the model with :func:`camlib.models.load_model`
+  (the loader ``usage_examples/cam.py`` uses too) and builds its CAM with
+  :func:`camlib.registry.make_cam`, returning an :class:`Explainer`.
+* :class:`CamEngine` turns a batch into :class:`CamResult` records (maps,
+  predictions and scores): one CAM call per target slot (``top1``: one;
+  ``topk:K``: K; a label file: as many as the image with the most labels).
 * :class:`OutputWriter` writes each image's files from a pool of threads
   (float16 heatmaps, overlays) and, once they are all in place, appends the
   image's manifest record; in ``.npz`` mode it collects a shard's maps and
@@ -20,15 +20,16 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from camlib.cli.inputs import InputImage, TargetSpec, UsageError
-from camlib.cli.manifest import ManifestWriter
+from camlib.cli.dataset import DecodedImage
+from camlib.cli.inputs import InputImage, TargetSpec
+from camlib.cli.manifest import ImageRecord, ManifestWriter
 from camlib.cli.outputs import (
     HEATMAP_DIR,
     atomic_write,
@@ -39,21 +40,20 @@ from camlib.cli.outputs import (
     resize_maps,
     shard_name,
 )
-from camlib.finer_cam import FinerCAM, finer_targets
-from camlib.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_model,
-    class_names,
-    default_preprocessing,
-    default_target_layer_paths,
-    make_cam,
-    resolve_target_layers,
-)
-from camlib.utils.model_state import eval_mode
-from camlib.utils.model_targets import ClassifierOutputTarget
+from camlib.models import LoadedModel, load_model
+from camlib.registry import get_method, make_cam
 
-__all__ = ["CamEngine", "LoadedModel", "OutputOptions", "OutputWriter", "Plan", "WriterFailed", "load_model"]
+__all__ = [
+    "CamEngine",
+    "CamResult",
+    "ExplainedImage",
+    "Explainer",
+    "OutputOptions",
+    "OutputWriter",
+    "Plan",
+    "WriterFailed",
+    "load_explainer",
+]
 
 
 class WriterFailed(RuntimeError):
@@ -67,42 +67,27 @@ def _one_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- the model
 
 
-@dataclass
-class LoadedModel:
-    """A model ready to explain.
+@dataclass(frozen=True)
+class Explainer:
+    """A loaded model and its CAM.
 
     Attributes:
-        net: The model, in eval mode, on its device.
-        cam: The CAM object (:func:`camlib.models.make_cam`).
-        layer_names: The target layers' paths (as recorded in the manifest).
-        image_size: ``(height, width)`` of its input.
-        mean: Normalisation mean (RGB).
-        std: Normalisation std (RGB).
-        num_outputs: Number of classes.
-        class_names: Names of the classes, when known.
-        description: The model's name, or ``module:<class>`` for a model object.
+        model: The model and its input settings (:func:`camlib.models.load_model`).
+        cam: The CAM object (:func:`camlib.registry.make_cam`).
+        method: The method's registered name.
+        layer_names: What the manifest records as the target layers.
     """
 
-    net: nn.Module
+    model: LoadedModel
     cam: Any
+    method: str
     layer_names: List[str]
-    image_size: Tuple[int, int]
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    num_outputs: int
-    class_names: Optional[List[str]]
-    description: str
 
 
-def _layer_name(net: nn.Module, layer: nn.Module) -> str:
-    for name, module in net.named_modules():
-        if module is layer:
-            return name
-    raise UsageError(f"target layer {repr(layer).splitlines()[0]} is not a submodule of the model")
-
-
-def load_model(
+def load_explainer(
     model: Union[str, nn.Module],
+    method: str,
+    *,
     weights: Union[str, os.PathLike, None],
     num_classes: Optional[int],
     device: torch.device,
@@ -110,80 +95,23 @@ def load_model(
     mean: Optional[Tuple[float, ...]],
     std: Optional[Tuple[float, ...]],
     target_layers: Optional[Sequence[Union[str, nn.Module]]],
-    method: str,
-) -> LoadedModel:
-    """Build the model and its CAM, and check that it is a classifier taking ``image_size``.
+) -> Explainer:
+    """Load the model (:func:`camlib.models.load_model`) and build its CAM.
 
-    Args:
-        model: A name for :func:`camlib.models.build_model`, or a model object
-            (used as it is, on its own device; then ``image_size`` is required,
-            ``mean``/``std`` default to ImageNet's, and ``target_layers`` are
-            required unless it is the demo model).
-        weights: Passed to :func:`~camlib.models.build_model` (names only).
-        num_classes: Passed to :func:`~camlib.models.build_model` (names only).
-        device: Where to build a named model.
-        image_size: Input size; default: the architecture's.
-        mean: Normalisation mean; default: the architecture's.
-        std: Normalisation std; default: the architecture's.
-        target_layers: Layer paths (or modules); default: the architecture's.
-        method: A key of :data:`camlib.models.CAM_METHODS`.
-
-    Returns:
-        The :class:`LoadedModel`.
+    A method that chooses its own layers (``capabilities.own_layers``, e.g.
+    FullGrad) is recorded with the layers ``["<every layer with a bias>"]``.
 
     Raises:
-        UsageError: If the model fails on a zero image of ``image_size`` or
-            does not return ``[batch, classes]`` scores, or a model object
-            lacks ``image_size``/``target_layers``.
-        ValueError, TypeError, RuntimeError, ImportError: From
-            :func:`~camlib.models.build_model` and :func:`~camlib.models.resolve_target_layers`.
+        ValueError, TypeError, RuntimeError, ImportError: From loading the model.
     """
-    if isinstance(model, str):
-        vit_size = image_size[0] if image_size is not None and image_size[0] == image_size[1] else None
-        net = build_model(model, weights, num_classes, device, image_size=vit_size)
-        preprocessing = default_preprocessing(model, net)
-        size = image_size or preprocessing.image_size
-        mean = mean or tuple(preprocessing.mean)
-        std = std or tuple(preprocessing.std)
-        paths = [str(p) for p in target_layers] if target_layers else default_target_layer_paths(model)
-        layers = resolve_target_layers(net, paths)
-        description = model
-    elif isinstance(model, nn.Module):
-        net = model
-        if image_size is None:
-            raise UsageError("image_size is needed with a model object (the input size it expects, e.g. 224)")
-        size = image_size
-        mean = mean or IMAGENET_MEAN
-        std = std or IMAGENET_STD
-        if not target_layers:
-            from camlib.demo import DemoNet
-
-            if not isinstance(net, DemoNet):
-                raise UsageError("target_layers is needed with a model object, e.g. ['layer4[-1]']")
-            target_layers = ["features[-1]"]
-        strings = [t for t in target_layers if isinstance(t, str)]
-        resolved = iter(resolve_target_layers(net, strings) if strings else [])
-        layers = [next(resolved) if isinstance(t, str) else t for t in target_layers]
-        paths = [t if isinstance(t, str) else _layer_name(net, t) for t in target_layers]
-        description = f"module:{type(net).__qualname__}"
-    else:
-        raise UsageError(f"model must be a model name or an nn.Module, got {type(model).__name__}")
-    probe_device = next((t.device for t in net.parameters()), device)
-    with torch.no_grad(), eval_mode(net):
-        try:
-            scores = net(torch.zeros(1, 3, *size, device=probe_device))
-        except Exception as err:
-            raise UsageError(
-                f"the model fails on a {size[0]}x{size[1]} input ({_one_line(err)[:300]}); check --image-size"
-            ) from err
-    if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
-        shape = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise UsageError(f"camlib explain needs a classifier returning [batch, classes] scores, got {shape}")
-    cam = make_cam(method, net, layers, progress=False)
-    names = class_names(model, scores.shape[1]) if isinstance(model, str) else None
-    if method == "fullgrad":
-        paths = ["<every layer with a bias>"]  # FullGrad ignores the target layers
-    return LoadedModel(net, cam, paths, size, tuple(mean), tuple(std), int(scores.shape[1]), names, description)
+    loaded = load_model(
+        model, weights=weights, num_classes=num_classes, device=device, image_size=image_size,
+        mean=mean, std=std, target_layers=target_layers,
+    )  # fmt: skip
+    info = get_method(method)
+    cam = make_cam(info.name, loaded.net, loaded.target_layers, progress=False)
+    names = ["<every layer with a bias>"] if info.capabilities.own_layers else list(loaded.layer_paths)
+    return Explainer(loaded, cam, info.name, names)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -223,11 +151,33 @@ class Plan:
 # --------------------------------------------------------------------------- computing the maps
 
 
+@dataclass(frozen=True)
+class CamResult:
+    """The maps of one image and what they explain.
+
+    Attributes:
+        maps: float32 ``[K, H, W]``, one map per target.
+        targets: The explained classes.
+        target_scores: Their scores.
+        pred: The top class.
+        score: Its score.
+    """
+
+    maps: np.ndarray
+    targets: List[int]
+    target_scores: List[float]
+    pred: int
+    score: float
+
+
 class CamEngine:
     """Maps, predictions and scores for a batch, one CAM call per target slot.
 
+    Targets for a class come from the CAM itself (``cam.class_target(c)``), so
+    every registered method is asked for a class the same way.
+
     Args:
-        model: The loaded model.
+        cam: The CAM object.
         spec: What to explain.
         labels: ``{image index: classes}`` for a label file.
         aug_smooth: Passed to the CAM.
@@ -236,22 +186,20 @@ class CamEngine:
 
     def __init__(
         self,
-        model: LoadedModel,
+        cam: Any,
         spec: TargetSpec,
         labels: Optional[Dict[int, Tuple[int, ...]]],
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
     ) -> None:
-        self.model = model
-        self.cam = model.cam
+        self.cam = cam
         self.spec = spec
         self.labels = labels
-        self.kwargs = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth}
-        self.finer = isinstance(self.cam, FinerCAM)
+        self.aug_smooth = aug_smooth
+        self.eigen_smooth = eigen_smooth
 
-    def __call__(self, x: torch.Tensor, positions: List[int]) -> List[Union[Dict[str, Any], Exception]]:
-        """One result per image: a dict (``maps`` float32 ``[K, H, W]``, ``targets``,
-        ``target_scores``, ``pred``, ``score``), or the exception that image raised.
+    def __call__(self, x: torch.Tensor, positions: List[int]) -> List[Union[CamResult, Exception]]:
+        """One result per image: a :class:`CamResult`, or the exception that image raised.
 
         If the batch fails as a whole, each image is tried alone, so that one
         bad image does not fail the others.
@@ -261,7 +209,7 @@ class CamEngine:
         except Exception as err:
             if len(positions) == 1:
                 return [err]
-        results: List[Union[Dict[str, Any], Exception]] = []
+        results: List[Union[CamResult, Exception]] = []
         for i, position in enumerate(positions):
             try:
                 results.extend(self._explain(x[i : i + 1], [position]))
@@ -269,53 +217,63 @@ class CamEngine:
                 results.append(err)
         return results
 
-    def _scores(self) -> torch.Tensor:
+    def _maps(self, x: torch.Tensor, targets: Optional[list]) -> Tuple[np.ndarray, torch.Tensor]:
+        maps = self.cam(x, targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth)
         outputs = self.cam.outputs
         if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
             raise TypeError("the model must return [batch, classes] scores")
-        return outputs.detach().float().cpu()
+        return maps, outputs.detach().float().cpu()
 
-    def _target(self, scores: Optional[torch.Tensor], row: int, category: int) -> Any:
-        if self.finer:
-            return finer_targets(scores[row : row + 1], target_idx=category)[0]
-        return ClassifierOutputTarget(category)
-
-    def _explain(self, x: torch.Tensor, positions: List[int]) -> List[Dict[str, Any]]:
+    def _explain(self, x: torch.Tensor, positions: List[int]) -> List[CamResult]:
         n = len(positions)
         if self.spec.kind in ("top1", "topk"):
             # targets=None explains each image's top class (argmax: the first of equal scores),
             # which is the first of the stable descending order below
-            first = self.cam(x, None, **self.kwargs)
-            scores = self._scores()
+            first, scores = self._maps(x, None)
             order = torch.argsort(scores, dim=1, descending=True, stable=True)
             classes = [order[i, : self.spec.k or 1].tolist() for i in range(n)]
         else:
             classes = [list(self.labels[p]) for p in positions]
-            scores = None
-            if self.finer:  # Finer-CAM's targets need the scores first
-                with torch.no_grad(), eval_mode(self.model.net):
-                    scores = self.model.net(x).detach().float().cpu()
-            first = self.cam(x, [self._target(scores, i, classes[i][0]) for i in range(n)], **self.kwargs)
-            scores = self._scores()
+            first, scores = self._maps(x, [self.cam.class_target(classes[i][0]) for i in range(n)])
         maps = [[first[i]] for i in range(n)]
         for slot in range(1, max(len(c) for c in classes)):
             rows = [i for i in range(n) if len(classes[i]) > slot]
-            more = self.cam(x[rows], [self._target(scores, i, classes[i][slot]) for i in rows], **self.kwargs)
+            more, _ = self._maps(x[rows], [self.cam.class_target(classes[i][slot]) for i in rows])
             for j, i in enumerate(rows):
                 maps[i].append(more[j])
         results = []
         for i in range(n):
             pred = int(scores[i].argmax())
             results.append(
-                {
-                    "maps": np.stack(maps[i]).astype(np.float32, copy=False),
-                    "targets": [int(c) for c in classes[i]],
-                    "target_scores": [float(scores[i, c]) for c in classes[i]],
-                    "pred": pred,
-                    "score": float(scores[i, pred]),
-                }
+                CamResult(
+                    maps=np.stack(maps[i]).astype(np.float32, copy=False),
+                    targets=[int(c) for c in classes[i]],
+                    target_scores=[float(scores[i, c]) for c in classes[i]],
+                    pred=pred,
+                    score=float(scores[i, pred]),
+                )
             )
         return results
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """An image with its maps, on its way to the writer threads.
+
+    Attributes:
+        decoded: The image as the DataLoader read it.
+        result: Its maps.
+        cam_s: Its share of the batch's CAM time, in seconds.
+    """
+
+    decoded: DecodedImage
+    result: CamResult
+    cam_s: float
+
+    @property
+    def position(self) -> int:
+        """Position in the run's input list."""
+        return self.decoded.position
 
 
 # --------------------------------------------------------------------------- writing the outputs
@@ -342,6 +300,14 @@ class OutputOptions:
     multi_target: bool
 
 
+@dataclass
+class _Shard:
+    """The records and maps of one ``.npz`` work unit, collected until it is complete."""
+
+    records: Dict[int, ImageRecord] = field(default_factory=dict)
+    arrays: Dict[int, np.ndarray] = field(default_factory=dict)
+
+
 class OutputWriter:
     """Writes outputs and then manifest records, in a pool of threads.
 
@@ -353,7 +319,7 @@ class OutputWriter:
     Args:
         out_dir: The output folder.
         plan: The run's plan.
-        model: The loaded model (layer names, class names, input size).
+        explainer: The model and method (layer names, class names, input size).
         manifest: This rank's manifest shard.
         rank: This process's rank (recorded).
         options: What to write.
@@ -364,7 +330,7 @@ class OutputWriter:
         self,
         out_dir: str,
         plan: Plan,
-        model: LoadedModel,
+        explainer: Explainer,
         manifest: ManifestWriter,
         rank: int,
         options: OutputOptions,
@@ -372,7 +338,7 @@ class OutputWriter:
     ) -> None:
         self.out_dir = out_dir
         self.plan = plan
-        self.model = model
+        self.explainer = explainer
         self.manifest = manifest
         self.rank = rank
         self.options = options
@@ -380,8 +346,8 @@ class OutputWriter:
         self.slots = threading.BoundedSemaphore(2 * threads + 1)
         self.lock = threading.Lock()
         self.error: Optional[BaseException] = None
-        self.records: List[dict] = []
-        self.shards: Dict[int, Dict[str, Any]] = {}
+        self.records: List[ImageRecord] = []
+        self.shards: Dict[int, _Shard] = {}
         self.folders: set = set()
 
     def _write(self, rel: str, data: bytes) -> int:
@@ -394,27 +360,26 @@ class OutputWriter:
         return atomic_write(path, data, make_dirs=False)
 
     # -- records ---------------------------------------------------------------
-    def _base(self, image: InputImage) -> Dict[str, Any]:
-        return {"index": image.index, "image": image.path, "rel": image.rel}
-
-    def error_record(self, position: int, stage: str, error: str, source: Any, decode_s: float) -> dict:
+    def error_record(self, image: DecodedImage, stage: str, error: str) -> ImageRecord:
         """The record of an image that could not be read (``stage="read"``) or explained (``"cam"``)."""
-        record = self._base(self.plan.images[position])
-        record.update(
+        source = self.plan.images[image.position]
+        return ImageRecord(
+            index=source.index,
+            image=source.path,
+            rel=source.rel,
             status="error",
             stage=stage,
             error=error,
-            method=self.plan.config["method"],
-            layers=self.model.layer_names,
-            source=source,
+            method=self.explainer.method,
+            layers=self.explainer.layer_names,
+            source=image.source,
             rank=self.rank,
-            time={"decode_s": round(decode_s, 6)},
+            time={"decode_s": round(image.decode_s, 6)},
             finished_at=time.time(),
         )
-        return record
 
     # -- jobs --------------------------------------------------------------------
-    def submit(self, unit: int, items: List[Dict[str, Any]], errors: List[dict]) -> None:
+    def submit(self, unit: int, items: List[ExplainedImage], errors: List[ImageRecord]) -> None:
         """Queue one batch of work unit ``unit``: ``items`` (images with their maps) and ready error records."""
         self.raise_if_failed()
         self.slots.acquire()
@@ -445,90 +410,91 @@ class OutputWriter:
         if self.shards:
             raise WriterFailed(f"internal error: {len(self.shards)} heatmap shard(s) left incomplete")
 
-    def _job(self, unit: int, items: List[Dict[str, Any]], errors: List[dict]) -> None:
+    def _job(self, unit: int, items: List[ExplainedImage], errors: List[ImageRecord]) -> None:
         records = list(errors)
         arrays: Dict[int, np.ndarray] = {}
         for item in items:
             record, heatmap = self._write_image(unit, item)
             records.append(record)
             if heatmap is not None:
-                arrays[item["position"]] = heatmap
+                arrays[item.position] = heatmap
         if not self.options.npz:
             self.manifest.write(records)
             with self.lock:
                 self.records.extend(records)
             return
         with self.lock:
-            state = self.shards.setdefault(unit, {"records": {}, "arrays": {}})
-            state["records"].update({r["index"]: r for r in records})
-            state["arrays"].update(arrays)
+            shard = self.shards.setdefault(unit, _Shard())
+            shard.records.update({r.index: r for r in records})
+            shard.arrays.update(arrays)
             start, end = self.plan.unit_range(unit)
-            complete = len(state["records"]) == end - start
+            complete = len(shard.records) == end - start
             if complete:
                 del self.shards[unit]
         if complete:
-            self._finish_shard(unit, state)
+            self._finish_shard(unit, shard)
 
-    def _finish_shard(self, unit: int, state: Dict[str, Any]) -> None:
-        records = [state["records"][i] for i in sorted(state["records"])]
-        if state["arrays"]:
+    def _finish_shard(self, unit: int, shard: _Shard) -> None:
+        records = [shard.records[i] for i in sorted(shard.records)]
+        if shard.arrays:
             rel = f"{HEATMAP_DIR}/{shard_name(unit)}"
             started = time.perf_counter()
-            content = {self.plan.images[i].rel: state["arrays"][i] for i in sorted(state["arrays"])}
+            content = {self.plan.images[i].rel: shard.arrays[i] for i in sorted(shard.arrays)}
             size = self._write(rel, npz_bytes(content))
             share = (time.perf_counter() - started) / len(content)
             for record in records:
-                if record["status"] == "ok":
-                    record["files"][rel] = size
-                    record["time"]["write_s"] = round(record["time"]["write_s"] + share, 6)
+                if record.ok:
+                    record.files[rel] = size
+                    record.time["write_s"] = round(record.time["write_s"] + share, 6)
         self.manifest.write(records)
         with self.lock:
             self.records.extend(records)
 
-    def _write_image(self, unit: int, item: Dict[str, Any]) -> Tuple[dict, Optional[np.ndarray]]:
+    def _write_image(self, unit: int, item: ExplainedImage) -> Tuple[ImageRecord, Optional[np.ndarray]]:
         started = time.perf_counter()
         options = self.options
-        image = self.plan.images[item["position"]]
-        result = item["result"]
-        maps = resize_maps(result["maps"], item["orig_size"] if options.original_size else None)
+        decoded, result = item.decoded, item.result
+        image: InputImage = self.plan.images[item.position]
+        maps = resize_maps(result.maps, decoded.orig_size if options.original_size else None)
         files: Dict[str, int] = {}
-        record = self._base(image)
-        record.update(status="ok", pred=result["pred"])
-        if self.model.class_names is not None:
-            record["pred_name"] = self.model.class_names[result["pred"]]
-        record.update(
-            score=result["score"],
-            targets=result["targets"],
-            target_scores=result["target_scores"],
-            method=self.plan.config["method"],
-            layers=self.model.layer_names,
-            input_size=list(self.model.image_size),
-            image_size=list(item["orig_size"]),
+        names = self.explainer.model.class_names
+        record = ImageRecord(
+            index=image.index,
+            image=image.path,
+            rel=image.rel,
+            status="ok",
+            pred=result.pred,
+            pred_name=names[result.pred] if names is not None else None,
+            score=result.score,
+            targets=result.targets,
+            target_scores=result.target_scores,
+            method=self.explainer.method,
+            layers=self.explainer.layer_names,
+            input_size=list(self.explainer.model.image_size),
+            image_size=list(decoded.orig_size),
         )
         heatmap = None
         if "heatmap" in options.save:
             heatmap = (maps if options.multi_target else maps[0]).astype(np.float16)
             if options.npz:
-                record["heatmap"] = {"file": f"{HEATMAP_DIR}/{shard_name(unit)}", "key": image.rel}
+                record.heatmap = {"file": f"{HEATMAP_DIR}/{shard_name(unit)}", "key": image.rel}
             else:
                 rel = f"{HEATMAP_DIR}/{image.stem}.npy"
                 files[rel] = self._write(rel, npy_bytes(heatmap))
-                record["heatmap"] = rel
+                record.heatmap = rel
         if "overlay" in options.save:
-            names = overlay_names(image.stem, result["targets"], self.plan.naming, options.overlay_extension)
-            for rel, one_map in zip(names, maps):
-                data = encode_overlay(item["rgb"], one_map, options.overlay_extension, options.jpeg_quality)
+            overlays = overlay_names(image.stem, result.targets, self.plan.naming, options.overlay_extension)
+            for rel, one_map in zip(overlays, maps):
+                data = encode_overlay(decoded.rgb, one_map, options.overlay_extension, options.jpeg_quality)
                 files[rel] = self._write(rel, data)
-            record["overlays"] = names
-        record.update(
-            files=files,
-            source=item["source"],
-            rank=self.rank,
-            time={
-                "decode_s": round(item["decode_s"], 6),
-                "cam_s": round(item["cam_s"], 6),
-                "write_s": round(time.perf_counter() - started, 6),
-            },
-            finished_at=time.time(),
-        )
+            record.overlays = overlays
+        record.files = files
+        record.source = decoded.source
+        record.rank = self.rank
+        record.time = {
+            "decode_s": round(decoded.decode_s, 6),
+            "cam_s": round(item.cam_s, 6),
+            "write_s": round(time.perf_counter() - started, 6),
+        }
+        record.finished_at = time.time()
         return record, heatmap

@@ -49,6 +49,7 @@ from camlib.models.layers import (
     default_target_layers,
     resolve_target_layers,
 )
+from camlib.models.loading import LoadedModel, load_model
 from camlib.models.methods import CAM_METHODS, make_cam
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Explanation",
+    "LoadedModel",
     "Preprocessing",
     "build_model",
     "candidate_target_layer_paths",
@@ -68,6 +70,7 @@ __all__ = [
     "image_grid",
     "load_checkpoint",
     "load_image",
+    "load_model",
     "make_cam",
     "model_names",
     "resize_image",

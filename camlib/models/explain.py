@@ -12,13 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from camlib.finer_cam import FinerCAM
 from camlib.guided_backprop import GuidedBackpropReLUModel, guided_grad_cam
 from camlib.models.images import image_grid
-from camlib.models.methods import make_cam
+from camlib.registry import get_method, make_cam
 from camlib.utils.image import deprocess_image, show_cam_on_image
 from camlib.utils.model_state import eval_mode
-from camlib.utils.model_targets import ClassifierOutputTarget
 
 __all__ = ["Explanation", "explain"]
 
@@ -95,7 +93,7 @@ def explain(
         model: A classifier returning ``[1, num_outputs]`` scores.
         input_tensor: The preprocessed image, ``[1, 3, H, W]``, on the model's device.
         rgb_img: The same image as float ``[H, W, 3]`` RGB in [0, 1], for the overlay.
-        method: A key of :data:`CAM_METHODS`.
+        method: A registered method name (:func:`camlib.registry.method_names`).
         target_layers: The target layers.
         categories: Class indices to explain, one grid row each; None: the top class.
         aug_smooth: Average over test-time augmentations.
@@ -142,9 +140,10 @@ def explain(
         raise ValueError(
             f"rgb_img must be the input image as [H, W, 3] with H, W = {tuple(input_tensor.shape[2:])}, got {shape}"
         )
-    if per_layer and isinstance(method, str) and method.strip().lower() == "fullgrad":
+    info = get_method(method)
+    if per_layer and not info.capabilities.per_layer:
         raise ValueError(
-            "per_layer does not apply to fullgrad, which always combines every layer with a bias; "
+            f"per_layer does not apply to {info.name}, which combines its layers itself; "
             "compare layers with another method (e.g. gradcam)"
         )
     rgb_img = np.clip(rgb_img.astype(np.float32), 0.0, 1.0)
@@ -160,7 +159,7 @@ def explain(
     chosen = checked if checked is not None else [int(scores_np.argmax())]
 
     cam = make_cam(
-        method,
+        info.name,
         model,
         target_layers,
         reshape_transform=reshape_transform,
@@ -170,23 +169,13 @@ def explain(
     guided = GuidedBackpropReLUModel(model)
     maps, cam_rows, gb_rows, cam_gb_rows = [], [], [], []
     for category in chosen:
-        if isinstance(cam, FinerCAM):
-            grayscale = cam(
-                input_tensor,
-                None,
-                eigen_smooth=eigen_smooth,
-                target_idx=category,
-                aug_smooth=aug_smooth,
-                per_layer=per_layer,
-            )
-        else:
-            grayscale = cam(
-                input_tensor,
-                [ClassifierOutputTarget(category)],
-                aug_smooth=aug_smooth,
-                eigen_smooth=eigen_smooth,
-                per_layer=per_layer,
-            )
+        grayscale = cam(
+            input_tensor,
+            [cam.class_target(category)],
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            per_layer=per_layer,
+        )
         layers = grayscale[0] if per_layer else grayscale  # [L, H, W]
         maps.append(layers)
         gb = guided(input_tensor, target_category=category)  # [H, W, 3]

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -120,7 +121,9 @@ def load_image(
 
     Read with OpenCV (grey images become three equal channels, an alpha
     channel is dropped, 16-bit images keep their precision), converted from
-    BGR to RGB and scaled by the integer type's maximum.
+    BGR to RGB and scaled by the integer type's maximum. A float image (TIFF,
+    EXR, ...) is taken as it is when its values lie in [0, 1], and divided by
+    255 when they go above 1 (but not above 255).
 
     Args:
         path: The image file (PNG, JPEG, TIFF, BMP, ...).
@@ -130,8 +133,10 @@ def load_image(
         float32 ``[H, W, 3]`` in [0, 1].
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If OpenCV cannot decode it.
+        FileNotFoundError: If the file does not exist (or is a directory).
+        ValueError: If it is empty, not a regular file (a FIFO, a device), OpenCV
+            cannot decode it, or it is a float image with NaN, infinite,
+            negative or above-255 values.
 
     Example:
         >>> import os, tempfile, numpy as np, cv2
@@ -144,10 +149,7 @@ def load_image(
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path, got {type(path).__name__}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"image {str(path)!r} {'is a directory' if path.is_dir() else 'does not exist'}"
-        )
+    _check_regular_file(path)
     data = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths, unlike cv2.imread
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if bgr is None:
@@ -158,8 +160,41 @@ def load_image(
     if np.issubdtype(rgb.dtype, np.integer):
         rgb = rgb.astype(np.float32) / np.float32(np.iinfo(rgb.dtype).max)
     else:
-        rgb = np.clip(rgb.astype(np.float32), 0.0, 1.0)
+        rgb = _scale_float_image(rgb.astype(np.float32), path)
     return np.ascontiguousarray(resize_image(rgb, image_size), dtype=np.float32)
+
+
+def _check_regular_file(path: Path) -> None:
+    """Raise a clear error for a missing, empty or special file (a FIFO is never opened: it would block)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"image {str(path)!r} cannot be read ({err.strerror or err})") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise FileNotFoundError(f"image {str(path)!r} is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "socket" if stat.S_ISSOCK(info.st_mode) else "device"
+        raise ValueError(f"image {str(path)!r} is a {kind}, not a regular file; pass image files")
+    if info.st_size == 0:
+        raise ValueError(f"image {str(path)!r} is empty (0 bytes)")
+
+
+def _scale_float_image(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """A float image (TIFF, EXR, ...) in [0, 1]: kept; in [0, 255] (max above 1): divided by 255;
+    anything else (NaN, infinities, negative values, values above 255) is refused."""
+    if not np.isfinite(rgb).all():
+        raise ValueError(f"{str(path)!r} holds NaN or infinite pixel values; fix or remove the image")
+    low, high = float(rgb.min()), float(rgb.max())
+    if low < -1e-3 or high > 255.0:
+        raise ValueError(
+            f"{str(path)!r} is a float image with values from {low:g} to {high:g}; camlib reads float images "
+            "in [0, 1] or [0, 255]: rescale it (or save it as 8- or 16-bit)"
+        )
+    if high > 1.0:
+        rgb = rgb / np.float32(255)
+    return np.clip(rgb, 0.0, 1.0)
 
 
 def image_grid(
