@@ -471,3 +471,159 @@ def test_torchrun_two_processes_equal_one_process(dataset: Path, reference: Path
     ranks = [r["rank"] for r in manifest(out, strip=False)]
     assert ranks == [(i // 4) % 2 for i in range(len(LAYOUT))]  # batch k on rank k % 2
     assert leftovers(out) == []
+
+
+# --------------------------------------------------------------------------- hostile inputs and --out folders (issue 14)
+
+
+class Fragile(torch.nn.Module):
+    """The demo model, failing on bright images (a stand-in for any image the CAM step cannot explain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = build_model("demo", "DEFAULT")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.mean(dim=(1, 2, 3)) > 1.5).any()):
+            raise ValueError("this image cannot be explained")
+        return self.inner(x)
+
+
+def fragile_run(data: Path, out: Path, batch_size: int, **options):
+    model = Fragile()
+    return run_explain(
+        [data], out, model=model, target_layers=[model.inner.features[-1]], image_size=SIZE,
+        mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=batch_size, num_workers=0, threads=1, progress=False,
+        **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("white", ["0_white.png", "3_white.png", "9_white.png"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_an_image_failing_in_the_cam_step_never_aborts_the_run(tmp_path: Path, white: str, batch_size: int):
+    names = [f"{i}.png" for i in range(6)]
+    data = write_images(tmp_path / "data", names)
+    assert cv2.imwrite(str(data / white), np.full((SIZE, SIZE, 3), 255, np.uint8))
+    result = fragile_run(data, tmp_path / "out", batch_size)
+    assert (result.total, result.ok, result.failed, result.exit_code) == (7, 6, 1, 1)
+    records = {r["rel"]: r for r in manifest(tmp_path / "out")}
+    assert records[white]["stage"] == "cam" and "cannot be explained" in records[white]["error"]
+    # --resume retries the failed image, fails again, and still completes
+    result = fragile_run(data, tmp_path / "out", batch_size, resume=True)
+    assert (result.reused, result.computed, result.failed) == (6, 1, 1)
+
+
+def test_output_names_are_unique_by_construction(tmp_path: Path):
+    data = write_images(tmp_path / "data", ["a.png", "a.jpg", "a.png.png", "A.PNG.png", "b.png"])
+    out = tmp_path / "out"
+    assert explain(data, "--out", out, *COMMON, "--num-workers", "0") == 0
+    records = manifest(out)
+    heatmaps = [r["heatmap"] for r in records]
+    overlays = [o for r in records for o in r["overlays"]]
+    assert len({h.lower() for h in heatmaps}) == len(records) == 5
+    assert len({o.lower() for o in overlays}) == 5
+    for record in records:  # every recorded size is the size of the file on disk: nothing was overwritten
+        assert record["files"] == {p: (out / p).stat().st_size for p in record["files"]}
+    assert len(output_files(out)) == 10
+
+
+def test_only_files_of_this_tool_are_deleted_or_replaced(dataset: Path, reference: Path, tmp_path: Path, capsys):
+    # a non-empty folder that is not a camlib run is refused, with or without --overwrite/--resume
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.jsonl").write_text('{"rel": "x.png", "status": "ok"}\n')
+    (foreign / "data.tmp-123").write_text("mine")
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert explain(dataset, "--out", foreign, *COMMON, *extra) == 2
+        assert "holds no camlib explain run" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["data.tmp-123", "manifest.jsonl"]
+    assert (foreign / "manifest.jsonl").read_text() == '{"rel": "x.png", "status": "ok"}\n'
+    # a run folder without run.json cannot be resumed: there are no settings to check
+    out = tmp_path / "no-config"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()
+    assert explain(dataset, "--out", out, *COMMON, "--resume") == 2
+    assert "no camlib explain run (no run.json)" in capsys.readouterr().err
+    # in a camlib run, files that merely look like temporaries are the user's: kept
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    user_files = [out / "notes.tmp-123", out / "overlays" / "a" / "draft.jpg.tmp-99", out / "sub" / "x.tmp-1"]
+    for path in user_files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's")
+    (out / "overlays" / ".6.jpg.camlib-tmp-4242").write_bytes(b"ours")  # a temporary of a killed run
+    assert explain(dataset, "--out", out, *COMMON, "--num-workers", "0", "--resume") == 0
+    assert all(path.read_text() == "the user's" for path in user_files)
+    assert not (out / "overlays" / ".6.jpg.camlib-tmp-4242").exists()
+    # --overwrite with fewer inputs: no orphan outputs of the earlier run, the user's files kept
+    fewer = shutil.copytree(dataset / "a", tmp_path / "fewer")
+    assert explain(fewer, "--out", out, *COMMON, "--num-workers", "0", "--overwrite") == 0
+    kept = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert kept == sorted(
+        ["heatmaps/0.npy", "heatmaps/1.npy", "heatmaps/2.npy", "overlays/0.jpg", "overlays/1.jpg", "overlays/2.jpg",
+         "manifest.jsonl", "run.json", "summary.json", "notes.tmp-123", "overlays/a/draft.jpg.tmp-99", "sub/x.tmp-1"]
+    )  # fmt: skip
+    assert sorted(f for r in manifest(out) for f in r["files"]) == [p for p in kept if p.endswith((".npy", ".jpg"))]
+
+
+def test_resume_checks_the_weights_by_content(dataset: Path, tmp_path: Path, capsys):
+    weights = tmp_path / "weights.pt"
+    model = build_model("demo", "DEFAULT")
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "out"
+    args = [*COMMON, "--num-workers", "0", "--weights", weights, "--save", "heatmap"]
+    assert explain(dataset, "--out", out, *args) == 0
+    config = json.loads((out / "run.json").read_text())
+    assert len(config["weights_file"]["sha256"]) == 64 and config["weights_file"]["bytes"] == weights.stat().st_size
+    # the same content touched (another modification time): accepted after hashing
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert explain(dataset, "--out", out, *args, "--resume") == 0
+    # retrained and saved over the same path: refused, and the folder is left as it was
+    with torch.no_grad():
+        model.fc.weight.add_(0.1)
+    torch.save(model.state_dict(), weights)
+    before = output_files(out)
+    assert explain(dataset, "--out", out, *args, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "the weights file" in err and "has changed since the earlier run" in err and "--overwrite" in err
+    assert output_files(out) == before
+
+
+def test_special_files_and_float_images(tmp_path: Path, capsys):
+    data = write_images(tmp_path / "data", ["ok.png"])
+    (data / "empty.png").write_bytes(b"")
+    os.mkfifo(data / "pipe.png")  # a FIFO is never opened (reading it would block)
+    rgb = np.float32(make_image(1, SIZE)[0])
+    assert cv2.imwrite(str(data / "float255.tiff"), (rgb[..., ::-1] * 255).astype(np.float32))
+    assert cv2.imwrite(str(data / "float01.tiff"), rgb[..., ::-1].copy())
+    assert cv2.imwrite(str(data / "nan.tiff"), np.full((SIZE, SIZE, 3), np.nan, np.float32))
+    assert cv2.imwrite(str(data / "huge.tiff"), np.full((SIZE, SIZE, 3), 4000.0, np.float32))
+    out = tmp_path / "out"
+    assert explain(data, "--out", out, *COMMON, "--num-workers", "0", "--save", "heatmap") == 1
+    records = {r["rel"]: r for r in manifest(out)}
+    assert records["empty.png"]["error"].endswith("is empty (0 bytes)")
+    assert "is a FIFO (named pipe), not a regular file" in records["pipe.png"]["error"]
+    assert "NaN or infinite" in records["nan.tiff"]["error"]
+    assert "values from 4000 to 4000" in records["huge.tiff"]["error"]
+    assert {rel for rel, r in records.items() if r["status"] == "ok"} == {"ok.png", "float255.tiff", "float01.tiff"}
+    # a float TIFF in 0-255 reads as the same image as the one in 0-1 (not clipped to white)
+    np.testing.assert_allclose(load_image(data / "float255.tiff"), load_image(data / "float01.tiff"), atol=1e-6)
+    maps = [np.load(out / records[rel]["heatmap"]).astype(np.float32) for rel in ("float255.tiff", "float01.tiff")]
+    np.testing.assert_allclose(maps[0], maps[1], atol=2e-3)
+    # a FIFO given as an INPUT argument: a clear message, not "does not exist"
+    assert explain(data / "pipe.png", "--out", tmp_path / "out2", *COMMON) == 2
+    assert "is not a regular file or folder" in capsys.readouterr().err
+
+
+def test_unwritable_out_is_a_clear_error(dataset: Path, tmp_path: Path, monkeypatch, capsys):
+    import errno
+
+    import camlib.cli.rundir as rundir
+
+    def read_only(path, data, make_dirs=True):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(rundir, "atomic_write", read_only)
+    assert explain(dataset, "--out", tmp_path / "out", *COMMON) == 2
+    err = capsys.readouterr().err
+    assert "cannot write in --out" in err and "Read-only file system" in err and "Errno" not in err
