@@ -75,7 +75,7 @@ def bare_inference(model, paths: List[str], size, mean, std, batch_size: int, wo
     )  # fmt: skip
     with torch.inference_mode():
         for batch in loader:
-            scores = model(batch["x"].to(device, non_blocking=True))
+            scores = model(batch.x.to(device, non_blocking=True))
             scores.argmax(dim=1).tolist()  # wait for the device, as explain does
     return time.perf_counter() - started
 
