@@ -6,22 +6,10 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from _common import run_main, write_image
+from _common import load_example_model, load_input, run_main, write_image
 
-from camlib.demo import load_sample_image
-from camlib.models import (
-    CAM_METHODS,
-    build_model,
-    default_preprocessing,
-    default_target_layer_paths,
-    load_image,
-    make_cam,
-    resize_image,
-    resolve_device,
-    resolve_target_layers,
-)
-from camlib.utils.image import preprocess_image, show_cam_on_image
-from camlib.utils.model_targets import ClassifierOutputTarget
+from camlib.registry import make_cam, method_names
+from camlib.utils.image import show_cam_on_image
 
 
 def build_parser(prog: str, kind: str, default_model: str, model_help: str, layer_help: str,
@@ -37,8 +25,8 @@ def build_parser(prog: str, kind: str, default_model: str, model_help: str, laye
     )
     parser.add_argument("--aug-smooth", action="store_true", help="average over test-time augmentations")
     parser.add_argument("--eigen-smooth", action="store_true", help="first principal component of the map")
-    parser.add_argument("--method", default="gradcam", choices=list(CAM_METHODS), metavar="METHOD",
-                        help=f"one of: {', '.join(CAM_METHODS)} (default: gradcam)")  # fmt: skip
+    parser.add_argument("--method", default="gradcam", choices=method_names(), metavar="METHOD",
+                        help=f"one of: {', '.join(method_names())} (default: gradcam)")  # fmt: skip
     parser.add_argument("--output-dir", default="output", help="where the image is written (default: output)")
     parser.add_argument("--model", default=default_model, help=model_help)
     parser.add_argument(
@@ -57,23 +45,14 @@ def build_parser(prog: str, kind: str, default_model: str, model_help: str, laye
 
 def run(args: argparse.Namespace) -> str:
     """Explain the image with a transformer and write ``{method}_cam.jpg``; return its path."""
-    device = resolve_device(args.device)
-    model = build_model(args.model, args.weights, device=device, image_size=args.image_size)
-    layer_path = args.target_layer or default_target_layer_paths(args.model)[0]
-    target_layers = resolve_target_layers(model, [layer_path])
+    loaded = load_example_model(args, target_layers=[args.target_layer] if args.target_layer else None)
+    layer_path = loaded.layer_paths[0]
+    rgb_img, input_tensor, _ = load_input(args, loaded)
 
-    preprocessing = default_preprocessing(args.model, model)
-    size = (args.image_size, args.image_size) if args.image_size else preprocessing.image_size
-    if args.image_path:
-        rgb_img = load_image(args.image_path, size)
-    else:
-        rgb_img = resize_image(load_sample_image(), size)
-    input_tensor = preprocess_image(rgb_img, mean=preprocessing.mean, std=preprocessing.std).to(device)
-
-    targets = None if args.target_category is None else [ClassifierOutputTarget(args.target_category)]
     # No reshape_transform: camlib lays out ViT tokens [1, 1 + h*w, C] and Swin's channels-last
     # [1, h, w, C] activations as a [1, C, h, w] map itself.
-    with make_cam(args.method, model, target_layers) as cam:
+    with make_cam(args.method, loaded.net, loaded.target_layers) as cam:
+        targets = None if args.target_category is None else [cam.class_target(args.target_category)]
         grayscale_cam = cam(
             input_tensor=input_tensor,
             targets=targets,
