@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 import camlib
 import camlib.metrics as cm
+from camlib import GradCAM
 from camlib.demo import CLASS_NAMES, demo_preprocess, demo_target_layers, load_demo_model, make_batch
 from camlib.demo.model import DEMO_MEAN, DEMO_STD
 from camlib.registry import make_cam

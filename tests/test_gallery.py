@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "make_gallery.py"
 COMMITTED = ROOT / "docs" / "images" / "gallery"
