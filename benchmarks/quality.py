@@ -251,7 +251,7 @@ def methods(samples: Samples, names: Optional[Sequence[str]] = None, seed: int =
     def sobel(_model, _layers, _indices):
         return lambda input_tensor, targets: _unit(np.stack([sobel_cam(img) for img in _unnormalise(input_tensor)]))
 
-    registry = registered_methods()
+    registry = [info for info in registered_methods() if not info.capabilities.needs_attention]  # a CNN demo
     rows = [cam_method(info.name, info.title) for info in registry]
     rows += [
         Method(GROUND_TRUTH, ground_truth, baseline=True, note="ties broken by distance to the edge"),

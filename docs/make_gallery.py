@@ -118,8 +118,11 @@ class GalleryEntry:
 
 
 def gallery() -> List[GalleryEntry]:
-    """Every registered method, in registration order."""
-    return [GalleryEntry(slug(info.name), info.title, info) for info in methods()]
+    """Every registered method that applies to the demo model (a CNN: not those that explain a
+    transformer's attention), in registration order."""
+    return [
+        GalleryEntry(slug(info.name), info.title, info) for info in methods() if not info.capabilities.needs_attention
+    ]
 
 
 def _layers(model: torch.nn.Module, *indices: int) -> List[torch.nn.Module]:
