@@ -52,7 +52,7 @@ from camlib import (
 )
 from camlib.demo import CLASS_NAMES, demo_preprocess, load_demo_model, load_sample_image
 from camlib.models import image_grid
-from camlib.registry import MethodInfo, make_cam, methods
+from camlib.registry import MethodInfo, make_cam, method_names, methods
 from camlib.utils.image import deprocess_image, show_cam_on_image
 from camlib.utils.model_targets import ClassifierOutputTarget
 
@@ -114,15 +114,25 @@ class GalleryEntry:
         settings = PICTURE_SETTINGS.get(self.method.name, {})
         layers = _layers(model, *settings.get("layers", (-1,)))
         options = {"batch_size": BATCH_SIZE, "progress": False, **settings.get("options", {})}
-        return make_cam(self.method.name, model, layers, **options)
+        if self.method.name in method_names():
+            return make_cam(self.method.name, model, layers, **options)
+        return self.method.cls(model, layers, **options)
+
+
+def _unregistered() -> List[MethodInfo]:
+    """Method classes with a documentation page that are not (yet) in the registry."""
+    from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
+
+    return [MethodInfo("ablationcam-multilayer", MultiLayerAblationCAM, "Ablation-CAM (multi-layer)")]
 
 
 def gallery() -> List[GalleryEntry]:
     """Every registered method that applies to the demo model (a CNN: not those that explain a
-    transformer's attention), in registration order."""
-    return [
-        GalleryEntry(slug(info.name), info.title, info) for info in methods() if not info.capabilities.needs_attention
-    ]
+    transformer's attention), in registration order; then the unregistered classes with a page."""
+    registered = [info for info in methods() if not info.capabilities.needs_attention]
+    names = {info.name for info in methods()}
+    extra = [info for info in _unregistered() if info.name not in names]
+    return [GalleryEntry(slug(info.name), info.title, info) for info in [*registered, *extra]]
 
 
 def _layers(model: torch.nn.Module, *indices: int) -> List[torch.nn.Module]:
