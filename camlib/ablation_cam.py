@@ -18,20 +18,18 @@ layer's output with the ablated copies. Either way the copies are built chunk
 by chunk, the scores stay on the device, and the user's model is never modified
 (nothing is swapped into it; the hook is removed in ``finally``). A split is
 only used after checking that it reproduces the model's output on the input.
+The scoring loop is :func:`camlib.utils.tail_scoring.score_layer_copies`,
+shared with ReciproCAM.
 
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Iterator, List, Optional
 
 import torch
-import torch.fx
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from camlib.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from camlib.base_cam import BaseCAM, weighted_sum_map
@@ -39,17 +37,14 @@ from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
 from camlib.utils.batched import (
-    batched_target_scores,
     check_finite_scores,
     score_outputs,
     warn_if_scores_equal,
 )
-from camlib.utils.fx_split import LayerSplit, outputs_match, split_after_layer
-from camlib.utils.model_state import eager_module
+from camlib.utils.fx_split import LayerSplit, split_after_layer
+from camlib.utils.tail_scoring import concat_outputs, score_layer_copies
 
 __all__ = ["AblationCAM", "LayerSplit", "split_after_layer"]  # the split lives in camlib.utils.fx_split
-
-logger = logging.getLogger(__name__)
 
 
 def _ablated_batch(layer: Any, raw: Any, index: int, channels: torch.Tensor) -> Any:
@@ -60,23 +55,6 @@ def _ablated_batch(layer: Any, raw: Any, index: int, channels: torch.Tensor) -> 
     layer.indices = channels
     layer.set_next_batch(input_batch_index=index, activations=raw, num_channels_to_ablate=len(channels))
     return layer(None)
-
-
-def _clone(tree: Any) -> Any:
-    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
-
-
-def _concat(parts: List[Any]) -> Any:
-    """Concatenate a list of outputs of the same structure along dim 0."""
-    if len(parts) == 1:
-        return parts[0]
-    flat = [tree_flatten(part) for part in parts]
-    spec = flat[0][1]
-    leaves = [
-        torch.cat(group) if isinstance(group[0], torch.Tensor) else group[0]
-        for group in zip(*(leaves for leaves, _ in flat))
-    ]
-    return tree_unflatten(leaves, spec)
 
 
 class _Plan:
@@ -102,12 +80,6 @@ class _Plan:
             end = min(stop, self.spans[b][1])
             yield b, position, end
             position = end
-
-
-def _activation_count(activation: Any) -> int:
-    """The number of copies in a batch of ablated outputs (its first tensor's length)."""
-    leaves, _ = tree_flatten(activation)
-    return next(len(leaf) for leaf in leaves if isinstance(leaf, torch.Tensor))
 
 
 # -- the method ------------------------------------------------------------------------------------
@@ -225,25 +197,18 @@ class AblationCAM(BaseCAM):
         if not any(c.numel() for c in channels):
             return self._normalised_drop(original, ablated_scores), "none"
 
-        split = self._checked_split(x, target_layer, raw, capture.outputs) if self.split_model else None
         plan = _Plan(channels)
 
         def ablated(start: int, stop: int) -> Any:
             parts = []
             for b, lo, hi in plan.segments(start, stop):
                 parts.append(_ablated_batch(layer, raw, b, plan.channel[lo:hi]))
-            return _concat(parts)
+            return concat_outputs(parts)
 
-        def targets_for(start: int, stop: int) -> list:
-            return [targets[plan.image[i]] for i in range(start, stop)]
-
-        common = dict(batch_size=self.batch_size, progress=self.progress, desc="AblationCAM")
-        if split is None:
-            path = "full"
-            scores = self._score_full_model(x, target_layer, plan, ablated, targets_for, common)
-        else:
-            path = "split"
-            scores = self._score_split(x, split, plan, ablated, targets_for, common)
+        scores, path = score_layer_copies(
+            self.model, target_layer, x, raw, capture.outputs, plan.image, ablated, targets,
+            batch_size=self.batch_size, progress=self.progress, desc="AblationCAM", split=self.split_model,
+        )  # fmt: skip
         check_finite_scores(
             scores, "the target score of an ablated copy", "Ablation-CAM's weights would be NaN"
         )
@@ -256,74 +221,6 @@ class AblationCAM(BaseCAM):
             "no channel changes the score: every weight is 0 and the map is blank",
         )  # fmt: skip
         return self._normalised_drop(original, ablated_scores), path
-
-    def _checked_split(
-        self, x: torch.Tensor, target_layer: torch.nn.Module, raw: Any, outputs: Any
-    ) -> Optional[LayerSplit]:
-        """The split at ``target_layer``, if it reproduces the model's output on ``x``."""
-        split = split_after_layer(eager_module(self.model), target_layer)
-        if split is None:
-            return None
-        with torch.no_grad():
-            side = () if split.prefix is None else split.prefix(x.clone())
-            reproduced = split.rest(_clone(raw), *side)
-        if not outputs_match(reproduced, outputs):
-            logger.debug("the split model does not reproduce the model's output; running the whole model")
-            return None
-        return split
-
-    def _score_split(self, x, split: LayerSplit, plan: _Plan, ablated, targets_for, common) -> torch.Tensor:
-        if split.prefix is None:
-            return batched_target_scores(split.rest, plan.size, ablated, targets_for, **common)
-        # The side values depend on the input only: computed once per image and
-        # chunk size (n copies of the image), they are what the whole model
-        # would compute for every chunk of that image.
-        results = []
-        for image, (first, last) in plan.spans.items():
-            side_of: dict = {}
-
-            def run(activation: Any, image: int = image, side_of: dict = side_of) -> Any:
-                count = _activation_count(activation)
-                if count not in side_of:
-                    copies = x[image : image + 1].expand(count, *x.shape[1:]).clone()
-                    side_of[count] = split.prefix(copies)
-                return split.rest(activation, *_clone(side_of[count]))
-
-            def inputs_of(start: int, stop: int, first: int = first) -> Any:
-                return ablated(first + start, first + stop)
-
-            def targets_of(start: int, stop: int, first: int = first) -> list:
-                return targets_for(first + start, first + stop)
-
-            results.append(batched_target_scores(run, last - first, inputs_of, targets_of, **common))
-        return torch.cat(results)
-
-    def _score_full_model(self, x, target_layer, plan: _Plan, ablated, targets_for, common) -> torch.Tensor:
-        rows = torch.tensor(plan.image, device=x.device)
-        replacement: dict = {}
-
-        owner = threading.get_ident()
-
-        def replace_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            if threading.get_ident() != owner:
-                return None  # another thread's forward pass on the model (e.g. the user's own)
-            return replacement["output"]
-
-        model = eager_module(self.model)  # a compiled graph may skip the hook
-
-        def run(chunk: tuple) -> Any:
-            inputs, replacement["output"] = chunk
-            return model(inputs)
-
-        def make_inputs(start: int, stop: int) -> tuple:
-            return x[rows[start:stop]], ablated(start, stop)
-
-        handle = target_layer.register_forward_hook(replace_output)
-        try:
-            return batched_target_scores(run, plan.size, make_inputs, targets_for, **common)
-        finally:
-            handle.remove()
-            replacement.clear()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _layer_for(self, raw: Any, num_channels: int) -> Any:
