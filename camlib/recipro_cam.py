@@ -22,7 +22,7 @@ from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.tail_scoring import score_layer_copies
+from camlib.utils.tail_scoring import class_probabilities, score_layer_copies
 
 __all__ = ["ReciproCAM", "masked_layer_copies", "position_masks"]
 
@@ -96,13 +96,6 @@ def masked_layer_copies(raw: torch.Tensor, activations_shape: tuple, image: int,
         f"(its map is {list(activations_shape)}); choose a layer that outputs [B, C, *spatial] maps, "
         "[B, *spatial, C] channels-last maps or [B, tokens, C] tokens"
     )
-
-
-def _softmax_scores(outputs: Any) -> Any:
-    """Class probabilities for a ``[N, classes]`` logits tensor; any other output unchanged."""
-    if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.is_floating_point():
-        return torch.softmax(outputs.float(), dim=-1)
-    return outputs
 
 
 @register_method("reciprocam", title="Recipro-CAM")
@@ -215,6 +208,6 @@ class ReciproCAM(BaseCAM):
             progress=self.progress,
             desc="ReciproCAM",
             split=self.split_model,
-            transform_outputs=_softmax_scores if self.softmax else None,
+            transform_outputs=class_probabilities if self.softmax else None,
         )
         return scores.float().reshape(batch, *spatial), path

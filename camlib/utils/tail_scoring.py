@@ -35,7 +35,7 @@ from camlib.utils.batched import batched_target_scores
 from camlib.utils.fx_split import LayerSplit, outputs_match, split_after_layer
 from camlib.utils.model_state import eager_module
 
-__all__ = ["TailScores", "checked_split", "concat_outputs", "score_layer_copies"]
+__all__ = ["TailScores", "checked_split", "class_probabilities", "concat_outputs", "score_layer_copies"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ class TailScores(NamedTuple):
 
     scores: torch.Tensor
     path: str
+
+
+def class_probabilities(outputs: Any) -> Any:
+    """The softmax over classes of a ``[N, classes]`` floating-point output (as float32; the sigmoid
+    of a single logit); any other
+    output (a segmentation map, a detector's dicts) unchanged. The output transform of the methods
+    that score class probabilities (ReciproCAM, GroupCAM, PolyCAM)."""
+    if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.is_floating_point():
+        if outputs.shape[-1] == 1:  # one logit: its sigmoid
+            return torch.sigmoid(outputs.float())
+        return torch.softmax(outputs.float(), dim=-1)
+    return outputs
 
 
 def _clone(tree: Any) -> Any:
