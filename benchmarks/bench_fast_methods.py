@@ -3,15 +3,18 @@
 Usage::
 
     python benchmarks/bench_fast_methods.py                       # resnet50, batch 8, 224 px, CPU
-    python benchmarks/bench_fast_methods.py --scorecam-images 1   # ScoreCAM timed on 1 image, scaled to the batch
+    python benchmarks/bench_fast_methods.py --scorecam-images 0   # ScoreCAM's forward passes only (2 CPU cores)
     python benchmarks/bench_fast_methods.py --device cuda --out /tmp/fast
 
-Every round runs each participant once, in turn (forward, Grad-CAM, ReciproCAM, ...), so all see the same
-machine load; the table reports medians over rounds and ratios of medians. ScoreCAM runs
-``--scorecam-rounds`` times on the first ``--scorecam-images`` images of the batch, after the other rounds;
-its cost is linear in the number of images (one masked forward per distinct channel map and image), so with
-fewer images than the batch its median is scaled by ``batch / scorecam_images`` and the row says so.
-The forward pass is one inference pass of the model (``torch.inference_mode``) over the batch.
+Every round runs each participant once, in turn (forward, Grad-CAM, ReciproCAM), so all see the same
+machine load; the table reports medians over rounds and ratios of medians. The forward pass is one inference
+pass of the model (``torch.inference_mode``) over the batch.
+
+ScoreCAM: its forward passes alone are always measured: the masked inputs camlib's ScoreCAM scores (the distinct
+channel maps of each image) in chunks of ``--scorecam-batch-size``, one chunk's forward timed
+``--scorecam-chunk-rounds`` times, times the number of chunks (a floor: mask building is left out). With
+``--scorecam-images N`` (N > 0) ScoreCAM itself also runs ``--scorecam-rounds`` times on the first N images, its
+median scaled by ``batch / N`` (its cost is linear in the number of images).
 """
 
 from __future__ import annotations
