@@ -136,8 +136,8 @@ class ReciproCAM(BaseCAM):
         reshape_transform: turns a layer's output into ``[B, C, *spatial]``.
         kernel: ``"gaussian"`` (default) or ``"point"``.
         softmax: score the softmax probability of the target (default), or the raw target score.
-        batch_size: copies per forward pass (default 64).
-        **kwargs: passed to :class:`~camlib.base_cam.BaseCAM` (e.g. ``progress=False``).
+        **kwargs: passed to :class:`~camlib.base_cam.BaseCAM` (``batch_size``: copies per forward pass,
+            64 by default; ``progress=False``, ...).
 
     Attributes:
         split_model: run only the part after the target layer when it can be split off
