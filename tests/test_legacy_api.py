@@ -285,3 +285,132 @@ def test_guided_backprop_positional_use_cuda():
     np.testing.assert_allclose(gb_model(x, 1), theirs, atol=1e-6)
     with pytest.raises(TypeError, match="unexpected keyword argument 'use_gpu'"):
         GuidedBackpropReLUModel(net, use_gpu=True)
+
+
+# -- how the reference's usage examples drive it ----------------------------------------------------------
+def _example_image() -> np.ndarray:
+    """A generated RGB image in [0, 1] (the examples read a photo)."""
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    return np.float32(np.stack([xx, yy, (xx * yy) ** 0.5], axis=-1))
+
+
+def _cam_py(library, method, model, aug_smooth, eigen_smooth, category):
+    """The flow of the reference's cam.py: a method from its table, ``with``, ``cam.batch_size = 32``,
+    the map of image 0, guided backpropagation and their product through ``deprocess_image``."""
+    import cv2
+
+    root = library
+    image = __import__(f"{library.__name__}.utils.image", fromlist=["x"])
+    targets_module = __import__(f"{library.__name__}.utils.model_targets", fromlist=["x"])
+    rgb_img = _example_image()
+    input_tensor = image.preprocess_image(rgb_img, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    targets = None if category is None else [targets_module.ClassifierOutputReST(category)]
+    with getattr(root, method)(model=model, target_layers=[model.features]) as cam:
+        cam.batch_size = 32
+        grayscale_cam = cam(input_tensor=input_tensor, targets=targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+        grayscale_cam = grayscale_cam[0, :]
+        cam_image = image.show_cam_on_image(rgb_img, grayscale_cam, use_rgb=True)
+    gb_model = root.GuidedBackpropReLUModel(model=model, device="cpu")
+    gb = gb_model(input_tensor, target_category=None)
+    cam_mask = cv2.merge([grayscale_cam, grayscale_cam, grayscale_cam])
+    return grayscale_cam, cam_image, image.deprocess_image(cam_mask * gb), image.deprocess_image(gb)
+
+
+@pytest.mark.parametrize("aug_smooth", [False, True], ids=["plain", "aug_smooth"])
+@pytest.mark.parametrize(
+    ("method", "category"),
+    [("GradCAM", None), ("HiResCAM", 2), ("GradCAMPlusPlus", None), ("XGradCAM", 1), ("LayerCAM", None),
+     ("GradCAMElementWise", 3), ("ScoreCAM", None), ("AblationCAM", 2)],
+)
+def test_cam_py_flow(method, category, aug_smooth):
+    import camlib as ours_root
+
+    if aug_smooth and method in ("ScoreCAM", "AblationCAM"):
+        pytest.skip("six passes of a perturbation method: aug_smooth is covered by the gradient methods")
+
+    model = _model()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        theirs = _cam_py(ref, method, copy.deepcopy(model), aug_smooth, False, category)
+    ours = _cam_py(ours_root, method, model, aug_smooth, False, category)
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-4)
+    for a, b in zip(ours[1:], theirs[1:]):  # uint8 images: at most one step of rounding
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def _swin_reshape_transform(tensor, height=2, width=2):
+    """As the reference's Swin example writes it (7 x 7 at 224 px; 2 x 2 at 64 px)."""
+    result = tensor.reshape(tensor.size(0), height, width, tensor.size(-1))
+    return result.transpose(2, 3).transpose(1, 2)
+
+
+@pytest.fixture(scope="module")
+def small_swin():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, num_classes=10, img_size=64, embed_dim=16,
+        depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=2,
+    ).eval()
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM"])
+def test_swin_example(method, small_swin):
+    """The reference's Swin example: timm's Swin, its last block's norm2, its reshape_transform."""
+    model, x = small_swin, _images(batch=1)
+    results = []
+    for library in (ref, camlib):
+        cam = getattr(library, method)(model=model, target_layers=[model.layers[-1].blocks[-1].norm2],
+                                       reshape_transform=_swin_reshape_transform)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if library is ref else "error")
+            results.append(cam(input_tensor=x, targets=None, eigen_smooth=False, aug_smooth=False))
+        if library is ref:
+            cam.activations_and_grads.release()
+            model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(results[1], results[0], atol=1e-4)
+
+
+class _ClipClassifier(torch.nn.Module):
+    """The reference's CLIP example wraps CLIP as a classifier over text labels; here the labels are
+    token ids already (no tokenizer download): softmax over ``logits_per_image``."""
+
+    def __init__(self, clip, input_ids):
+        super().__init__()
+        self.clip, self.input_ids = clip, input_ids
+
+    def forward(self, x):
+        outputs = self.clip(pixel_values=x, input_ids=self.input_ids)
+        return outputs.logits_per_image.softmax(dim=1)
+
+
+def _clip_reshape_transform(tensor, height=4, width=4):
+    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+    return result.transpose(2, 3).transpose(1, 2)
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "LayerCAM"])
+def test_clip_example(method):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=50, max_position_embeddings=8),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    model = _ClipClassifier(transformers.CLIPModel(config).eval(), torch.tensor([[1, 5, 7, 2], [1, 9, 3, 2]])).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    results = []
+    for library in (ref, camlib):
+        layers = [model.clip.vision_model.encoder.layers[-1].layer_norm1]
+        cam = getattr(library, method)(model=model, target_layers=layers, reshape_transform=_clip_reshape_transform)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if library is ref else "error")
+            results.append(cam(input_tensor=x, targets=None))
+        if library is ref:
+            cam.activations_and_grads.release()
+            model.zero_grad(set_to_none=True)
+    assert results[1].max() > 0
+    np.testing.assert_allclose(results[1], results[0], atol=1e-4)
