@@ -79,6 +79,7 @@ def net():
 
 
 def _maps(name, model, layers, x, targets, **kwargs):
+    torch.manual_seed(0)  # stochastic methods drawing from torch's generator
     np.random.seed(0)  # noqa: NPY002 (RandomCAM draws from the global generator, as pytorch-grad-cam)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
