@@ -13,7 +13,7 @@ example, common after a ReLU) gives the all-zero mask, scored once per image.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,14 @@ from camlib.capabilities import Capabilities
 from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores, check_finite_scores, warn_if_scores_equal
 
-__all__ = ["ScoreCAM", "distinct_channel_maps", "score_cam_masks"]
+__all__ = [
+    "ScoreCAM",
+    "channel_mask_scores",
+    "distinct_channel_maps",
+    "normalized_upsampled_masks",
+    "score_cam_masks",
+    "score_cam_weights",
+]
 
 #: Added to the range of each upsampled channel before dividing by it.
 MASK_EPS = 1e-8
@@ -61,6 +68,106 @@ def score_cam_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
     low = flat.amin(dim=1).view(view)
     high = flat.amax(dim=1).view(view)
     return (upsampled - low) / (high - low + MASK_EPS)
+
+
+def normalized_upsampled_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
+    """Masks normalised first, then upsampled: each ``[n, *s]`` channel map min-max
+    normalised at its own resolution (``(A - min A) / (max(A - min A) + 1e-8)``), then
+    (bi/tri)linearly upsampled to ``size`` (half-pixel centres): ``[n, *size]`` in [0, 1].
+
+    The order SS-CAM and IS-CAM use (:class:`camlib.ss_cam.SSCAM`, :class:`camlib.is_cam.ISCAM`).
+    """
+    flat = maps.float().reshape(maps.shape[0], -1)
+    shifted = flat - flat.amin(dim=1, keepdim=True)
+    normalized = (shifted / (shifted.amax(dim=1, keepdim=True) + MASK_EPS)).reshape(maps.shape)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
+    return F.interpolate(normalized[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
+
+
+def channel_mask_scores(
+    model: Callable,
+    input_tensor: torch.Tensor,
+    maps: torch.Tensor,
+    image: torch.Tensor,
+    targets: Sequence[Callable],
+    *,
+    masks: Callable[[torch.Tensor, tuple], torch.Tensor] = score_cam_masks,
+    samples: int = 1,
+    perturb: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    batch_size: int = 16,
+    progress: Optional[bool] = None,
+    desc: Optional[str] = None,
+) -> torch.Tensor:
+    """The target score of the input masked by each channel map: the loop Score-CAM,
+    SS-CAM and IS-CAM share.
+
+    Masked inputs are built lazily, ``batch_size`` at a time, through
+    :func:`camlib.utils.batched.batched_target_scores`, on the input's device.
+    Input ``j`` of the ``samples * U`` ones is sample ``s = j // U`` of map
+    ``u = j % U`` (sample-major order): ``input[image[u]] * perturb(mask_u, s)``.
+
+    Args:
+        model: the network.
+        input_tensor: the prepared input ``[B, C, *S]``.
+        maps: channel maps ``[U, *s]`` (e.g. from :func:`distinct_channel_maps`).
+        image: ``[U]`` the image each map belongs to.
+        targets: one target per image.
+        masks: ``(maps, size) -> [n, *size]`` masks in [0, 1] (default :func:`score_cam_masks`).
+        samples: scored inputs per map.
+        perturb: ``(masks [n, *S], sample [n]) -> masks``, applied to each chunk's
+            masks (noise, a scale); None leaves them as they are.
+        batch_size: masked inputs per forward pass.
+        progress: show a progress bar (None: the environment decides).
+        desc: the bar's label.
+
+    Returns:
+        float32 scores ``[samples, U]``.
+    """
+    count = int(maps.shape[0])
+    size = tuple(input_tensor.shape[2:])
+    image = image.to(input_tensor.device)
+    image_of = image.tolist()
+
+    def make_inputs(start: int, stop: int) -> torch.Tensor:
+        index = torch.arange(start, stop, device=maps.device)
+        rows = index % count
+        chunk = masks(maps[rows], size)
+        if perturb is not None:
+            chunk = perturb(chunk, index // count)
+        chunk = chunk.to(input_tensor.dtype).unsqueeze(1)
+        return input_tensor[image[rows.to(image.device)]] * chunk
+
+    def targets_for(start: int, stop: int) -> list:
+        return [targets[image_of[j % count]] for j in range(start, stop)]
+
+    scores = batched_target_scores(model, samples * count, make_inputs, targets_for, batch_size, progress, desc)
+    return scores.reshape(samples, count)
+
+
+def score_cam_weights(
+    model: Callable,
+    input_tensor: torch.Tensor,
+    activations: torch.Tensor,
+    targets: Sequence[Callable],
+    *,
+    batch_size: int = 16,
+    progress: Optional[bool] = None,
+) -> torch.Tensor:
+    """Score-CAM channel weights ``[B, C]``: the softmax over channels of the target
+    score of the input masked by each distinct channel map (:func:`score_cam_masks`)."""
+    batch, channels = activations.shape[:2]
+    maps, image, inverse = distinct_channel_maps(activations)
+    scores = channel_mask_scores(
+        model, input_tensor, maps, image, targets, batch_size=batch_size, progress=progress, desc="ScoreCAM"
+    )
+    scores = scores[0]
+    check_finite_scores(scores, "the target score of a masked input", "Score-CAM's softmax weights would be NaN")
+    warn_if_scores_equal(
+        scores, image, "ScoreCAM", "distinct masked inputs",
+        "its softmax weights are uniform and the map is the plain mean of the channels, with no class information",
+    )  # fmt: skip
+    scores = scores.to(activations.device)[inverse].reshape(batch, channels)
+    return torch.softmax(scores, dim=-1)
 
 
 @register_method("scorecam", title="Score-CAM")
@@ -110,33 +217,6 @@ class ScoreCAM(BaseCAM):
         super().__init__(model, target_layers, reshape_transform, **kwargs)
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
-        batch, channels = activations.shape[:2]
-        maps, image, inverse = distinct_channel_maps(activations)
-        image_of = image.tolist()
-        size = tuple(input_tensor.shape[2:])
-
-        def make_inputs(start: int, stop: int) -> torch.Tensor:
-            masks = score_cam_masks(maps[start:stop], size).to(input_tensor.dtype)
-            return input_tensor[image[start:stop]] * masks[:, None]
-
-        def targets_for(start: int, stop: int) -> list:
-            return [targets[i] for i in image_of[start:stop]]
-
-        scores = batched_target_scores(
-            self.model,
-            len(image_of),
-            make_inputs,
-            targets_for,
-            self.batch_size,
-            self.progress,
-            desc="ScoreCAM",
+        return score_cam_weights(
+            self.model, input_tensor, activations, targets, batch_size=self.batch_size, progress=self.progress
         )
-        check_finite_scores(
-            scores, "the target score of a masked input", "Score-CAM's softmax weights would be NaN"
-        )
-        warn_if_scores_equal(
-            scores, image, "ScoreCAM", "distinct masked inputs",
-            "its softmax weights are uniform and the map is the plain mean of the channels, with no class information",
-        )  # fmt: skip
-        scores = scores.to(activations.device)[inverse].reshape(batch, channels)
-        return torch.softmax(scores, dim=-1)
