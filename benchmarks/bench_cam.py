@@ -20,11 +20,19 @@ Suites:
   chunk size for every library. The floor is the forward passes over exactly
   the masked inputs camlib has to score (its distinct masks), prebuilt and timed
   on their own.
-* ``memory``: peak extra memory of one ScoreCAM call (the ``scorecam`` setting):
+* ``memory``: peak extra memory of one ScoreCAM call (the ``scorecam`` setting,
+  ``--memory-chunk`` masked inputs per forward for every library, 64 by default):
   on the CPU, each library runs in a fresh subprocess and the peak resident set
   (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call) is
   compared with the resident set before it; on CUDA,
   ``torch.cuda.max_memory_allocated`` around the call.
+* ``scorecam-large``: ScoreCAM in the reference's ``cam.py`` configuration:
+  resnet50 ``layer4[-1]``, one 224x224 image, 32 masked inputs per forward for
+  every library (``--large-rounds`` rounds, 1 by default: 2048 channels make
+  each call long on a CPU).
+* ``score-methods``: SSCAM, ISCAM and SmoothGradCAMpp against torchcam's
+  (resnet18 ``layer4[-1]``, ``--methods-batch`` images of ``--methods-size``
+  pixels, ``--methods-samples`` samples, 64 masked inputs per forward).
 * ``leak``: 1000 consecutive GradCAM calls on resnet18 (one 224x224 image):
   growth of the resident set, and whether any tensor the autograd graph saved
   is still alive after a call (tracked with ``saved_tensors_hooks``).
@@ -403,6 +411,54 @@ def scorecam_suite(args: argparse.Namespace) -> list[dict]:
     return [row]
 
 
+
+def scorecam_large_suite(args: argparse.Namespace) -> list[dict]:
+    """The reference's cam.py configuration: resnet50 layer4[-1], one 224 px image, chunks of 32."""
+    model = _model("resnet50", args.device)
+    x = _inputs(1, 224, args.device)
+    runners = scorecam_runners(model, model.layer4[-1], x, _classes(1), 32)
+    timed = interleaved(runners, args.large_rounds, args.device, "ScoreCAM resnet50 224px", warmup=())
+    row = {"suite": "scorecam-large", "method": "ScoreCAM", "model": "resnet50", "batch": 1, "size": 224,
+           "chunk": 32, "rounds": args.large_rounds}
+    for lib in LIBRARIES:
+        if lib in timed:
+            row[f"{lib}_s"] = timed[lib]["median_s"]
+    _add_peaks(row, timed, {lib: lib for lib in LIBRARIES})
+    return [row]
+
+
+def score_methods_suite(args: argparse.Namespace) -> list[dict]:
+    """SSCAM, ISCAM and SmoothGradCAMpp: camlib against torchcam in the same rounds."""
+    model = _model("resnet18", args.device)
+    layer = model.layer4[-1]
+    x = _inputs(args.methods_batch, args.methods_size, args.device)
+    classes = _classes(args.methods_batch)
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    n = args.methods_samples
+    settings = [
+        ("SSCAM", dict(num_samples=n, std=2.0), dict(batch_size=64), False),
+        ("ISCAM", dict(num_samples=n), dict(batch_size=64), False),
+        ("SmoothGradCAMpp", dict(num_samples=n, std=0.3), {}, True),
+    ]
+    rows = []
+    for name, common, chunk, needs_grad in settings:
+        runners = {"camlib": camlib_runner(getattr(camlib, name), model, [layer], x, targets, **common, **chunk)}
+        if _have("torchcam"):
+            import torchcam.methods
+
+            runners["torchcam"] = torchcam_runner(
+                getattr(torchcam.methods, name), model, layer, x, classes, needs_grad=needs_grad, **common, **chunk
+            )
+        timed = interleaved(runners, args.methods_rounds, args.device, name)
+        row = {"suite": "score-methods", "method": name, "model": "resnet18", "batch": args.methods_batch,
+               "size": args.methods_size, "num_samples": n}
+        for lib in runners:
+            row[f"{lib}_s"] = timed[lib]["median_s"]
+        _add_peaks(row, timed, {lib: lib for lib in runners})
+        rows.append(row)
+    return rows
+
+
 def _proc_status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -433,13 +489,13 @@ def measure_scorecam_memory(library: str, args: argparse.Namespace) -> tuple[flo
     (cold: includes one-off costs such as oneDNN primitives and lazily loaded code)
     and of its second call (warm: what every further call costs)."""
     model, layer, x, classes = _scorecam_setting(args)
-    run = scorecam_runners(model, layer, x, classes, args.scorecam_chunk)[library]
+    run = scorecam_runners(model, layer, x, classes, args.memory_chunk)[library]
     return _peak_extra_mib(run, args.device), _peak_extra_mib(run, args.device)
 
 
 def memory_suite(args: argparse.Namespace) -> list[dict]:
     row = {"suite": "memory", "method": "ScoreCAM", "model": args.scorecam_model, "batch": args.scorecam_batch,
-           "size": args.scorecam_size, "device": args.device}
+           "size": args.scorecam_size, "chunk": args.memory_chunk, "device": args.device}
     libraries = ["camlib"] + [lib for lib, mod in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam"))
                               if _have(mod)]
     samples: dict[str, list[tuple[float, float]]] = {lib: [] for lib in libraries}
@@ -448,7 +504,7 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
             command = [sys.executable, __file__, "--measure-memory", lib, "--device", args.device,
                        "--scorecam-model", args.scorecam_model,
                        "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size),
-                       "--scorecam-chunk", str(args.scorecam_chunk)]
+                       "--memory-chunk", str(args.memory_chunk)]
             # Fixed mmap threshold: large freed buffers go back to the OS, so the
             # resident set before the call is not inflated by earlier allocations.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "CAMLIB_DISABLE_PROGRESS": "1"}
@@ -603,6 +659,8 @@ SUITES = {
     "ablation": ablation_suite,
     "scorecam": scorecam_suite,
     "memory": memory_suite,
+    "scorecam-large": scorecam_large_suite,
+    "score-methods": score_methods_suite,
     "leak": leak_suite,
     "autocast": autocast_suite,
 }
@@ -663,11 +721,31 @@ def markdown(results: list[dict], info: dict) -> str:
                 f"| {_cell(r, 'camlib')} | {_cell(r, 'grad-cam')} | {_cell(r, 'torchcam')} |", ""]
     for r in memory:
         where = "GPU memory allocated" if r["device"].startswith("cuda") else "resident set"
-        out += [f"Peak extra memory of one call ({where}; median over fresh processes):", "",
+        chunk = f"{r['chunk']} masked inputs per forward for every library; " if "chunk" in r else ""
+        out += [f"Peak extra memory of one call ({where}; {chunk}median over fresh processes):", "",
                 "| call | camlib | grad-cam | torchcam |", "|---|---:|---:|---:|"]
         for label, key in (("first in the process", "peak_extra_mib"), ("second", "warm_peak_extra_mib")):
             cells = [f"+{r[f'{lib}_{key}']:.1f} MiB" if f"{lib}_{key}" in r else "n/a" for lib in LIBRARIES]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    large = [r for r in results if r["suite"] == "scorecam-large"]
+    for r in large:
+        out += ["### ScoreCAM, the reference's cam.py configuration (resnet50 `layer4[-1]`, one 224x224 image, "
+                "32 masked inputs per forward)", "",
+                f"Median over {r['rounds']} round(s); speed-up: the peer's median over camlib's.", "",
+                "| camlib | grad-cam | torchcam | vs grad-cam | vs torchcam |", "|---:|---:|---:|---:|---:|",
+                f"| {_ms(r.get('camlib_s'))} | {_ms(r.get('grad-cam_s'))} | {_ms(r.get('torchcam_s'))} | "
+                + " | ".join(f"{r[f'{lib}_s'] / r['camlib_s']:.2f}x" if f"{lib}_s" in r else "n/a"
+                             for lib in ("grad-cam", "torchcam")) + " |", ""]
+    methods = [r for r in results if r["suite"] == "score-methods"]
+    if methods:
+        r = methods[0]
+        out += [f"### SS-CAM, IS-CAM, Smooth Grad-CAM++ against torchcam (resnet18 `layer4[-1]`, batch {r['batch']}, "
+                f"{r['size']}x{r['size']}, {r['num_samples']} samples)", "",
+                "| method | camlib | torchcam | speed-up |", "|---|---:|---:|---:|"]
+        for r in methods:
+            speedup = f"{r['torchcam_s'] / r['camlib_s']:.2f}x" if "torchcam_s" in r else "n/a"
+            out.append(f"| {r['method']} | {_ms(r['camlib_s'])} | {_ms(r.get('torchcam_s'))} | {speedup} |")
         out.append("")
     leak = [r for r in results if r["suite"] == "leak"]
     if leak:
@@ -727,6 +805,12 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--scorecam-chunk", type=int, default=32, help="masked inputs per forward (all libraries)")
     parser.add_argument("--scorecam-rounds", type=int, default=3)
     parser.add_argument("--memory-rounds", type=int, default=3)
+    parser.add_argument("--memory-chunk", type=int, default=64, help="masked inputs per forward in the memory suite")
+    parser.add_argument("--large-rounds", type=int, default=1, help="rounds of the scorecam-large suite")
+    parser.add_argument("--methods-batch", type=int, default=1)
+    parser.add_argument("--methods-size", type=int, default=64)
+    parser.add_argument("--methods-samples", type=int, default=2)
+    parser.add_argument("--methods-rounds", type=int, default=3)
     parser.add_argument("--leak-calls", type=int, default=1000)
     parser.add_argument("--leak-warmup", type=int, default=20)
     parser.add_argument("--leak-reference", action="store_true", help="also run the leak suite on grad-cam")

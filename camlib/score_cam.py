@@ -67,7 +67,8 @@ def score_cam_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
     view = (-1,) + (1,) * (upsampled.ndim - 1)
     low = flat.amin(dim=1).view(view)
     high = flat.amax(dim=1).view(view)
-    return (upsampled - low) / (high - low + MASK_EPS)
+    # in place: one mask-sized buffer per chunk
+    return upsampled.sub_(low).div_(high - low + MASK_EPS)
 
 
 def normalized_upsampled_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
@@ -134,8 +135,8 @@ def channel_mask_scores(
         chunk = masks(maps[rows], size)
         if perturb is not None:
             chunk = perturb(chunk, index // count)
-        chunk = chunk.to(input_tensor.dtype).unsqueeze(1)
-        return input_tensor[image[rows.to(image.device)]] * chunk
+        # the indexed input is a fresh copy: multiply in place (no second input-sized buffer per chunk)
+        return input_tensor[image[rows.to(image.device)]].mul_(chunk.to(input_tensor.dtype).unsqueeze(1))
 
     def targets_for(start: int, stop: int) -> list:
         return [targets[image_of[j % count]] for j in range(start, stop)]

@@ -78,6 +78,8 @@ PICTURE_SETTINGS: Dict[str, Dict[str, Any]] = {
     "ablationcam-multilayer": {"layers": (6, 7)},
     "refinecam": {"layers": (4, 6, 7)},
     "sess": {"options": {"num_scales": 3, "batch_size": 16}},
+    "sscam": {"options": {"num_samples": 4}},
+    "iscam": {"options": {"num_samples": 4}},
 }
 #: File names of the pictures (and documentation pages) of methods whose page names predate the
 #: registry's names; every other method's picture is named by :func:`slug`.
@@ -85,6 +87,7 @@ PAGE_NAMES: Dict[str, str] = {
     "gradcam++": "gradcam-plusplus",
     "gradcamelementwise": "gradcam-elementwise",
     "kpcacam": "kpca-cam",
+    "smoothgradcam++": "smoothgradcam-plusplus",
 }
 
 

@@ -6,6 +6,8 @@ classes share a class name (``"ablationcam-multilayer"``).
 
 from __future__ import annotations
 
+import inspect
+
 from camlib.capabilities import Capabilities
 from camlib.registry import MethodInfo, make_cam, methods
 
@@ -58,4 +60,6 @@ def build(name: str, model, layers, **kwargs):
     if entry.capabilities.extra_forwards:
         kwargs.setdefault("batch_size", 64)
         kwargs.setdefault("progress", False)
+    if "num_samples" in inspect.signature(entry.cls.__init__).parameters:
+        kwargs.setdefault("num_samples", 1)  # SSCAM, ISCAM, SmoothGradCAMpp: one sample keeps the suites fast
     return make_cam(entry.name, model, layers, **kwargs)

@@ -102,7 +102,7 @@ def test_memory_measurement_sees_a_large_allocation(bench_cam, monkeypatch):
 
     import torch
 
-    args = argparse.Namespace(device="cpu", scorecam_batch=2, scorecam_size=32, scorecam_chunk=16)
+    args = argparse.Namespace(device="cpu", scorecam_batch=2, scorecam_size=32, scorecam_chunk=16, memory_chunk=16)
     cold, warm = bench_cam.measure_scorecam_memory("camlib", args)
     assert cold >= 0 and warm >= 0
     real = bench_cam.scorecam_runners
@@ -121,6 +121,33 @@ def test_memory_measurement_sees_a_large_allocation(bench_cam, monkeypatch):
     monkeypatch.setattr(bench_cam, "scorecam_runners", with_a_256_mib_buffer)
     cold, warm = bench_cam.measure_scorecam_memory("camlib", args)
     assert cold >= 250 and warm >= 250
+
+
+def test_score_methods_suite_times_camlib_against_torchcam(bench_cam):
+    rows = bench_cam.main(["--suites", "score-methods", "--methods-size", "32", "--methods-samples", "1",
+                           "--methods-rounds", "1"])
+    assert [r["method"] for r in rows] == ["SSCAM", "ISCAM", "SmoothGradCAMpp"]
+    for r in rows:
+        assert r["camlib_s"] > 0
+        if "torchcam_s" in r:
+            assert r["torchcam_s"] > 0
+
+
+def test_scorecam_large_suite_reports_each_library(bench_cam, monkeypatch):
+    """The suite's plumbing and table (the real resnet50 runs take minutes: timed calls replaced)."""
+    import torchvision
+
+    monkeypatch.setattr(bench_cam, "_model", lambda name, device: torchvision.models.resnet18(weights=None).eval())
+    seen = {}
+
+    def runners(model, layer, x, classes, chunk):
+        seen.update(shape=tuple(x.shape), chunk=chunk)
+        return {lib: (lambda: None) for lib in bench_cam.LIBRARIES}
+
+    monkeypatch.setattr(bench_cam, "scorecam_runners", runners)
+    rows = bench_cam.main(["--suites", "scorecam-large"])
+    assert seen == {"shape": (1, 3, 224, 224), "chunk": 32}
+    assert rows[0]["suite"] == "scorecam-large" and all(f"{lib}_s" in rows[0] for lib in bench_cam.LIBRARIES)
 
 
 def test_autocast_suite_compares_half_precision_maps_and_catches_blank_ones(bench_cam):
