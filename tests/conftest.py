@@ -100,7 +100,6 @@ ARCHS = {
 }
 
 
-@functools.cache
 class OptionalModule:
     """An optional package (an oracle such as grad-cam, or timm/transformers), imported on first use.
 
@@ -131,6 +130,7 @@ def optional(name: str, reason: str = "") -> OptionalModule:
     return OptionalModule(name, reason)
 
 
+@functools.cache
 def get_model(name: str) -> torch.nn.Module:
     """Build (once per session) the model called ``name`` in ARCHS."""
     return ARCHS[name][0]()

@@ -62,4 +62,6 @@ def build(name: str, model, layers, **kwargs):
         kwargs.setdefault("progress", False)
     if "num_samples" in inspect.signature(entry.cls.__init__).parameters:
         kwargs.setdefault("num_samples", 1)  # SSCAM, ISCAM, SmoothGradCAMpp: one sample keeps the suites fast
+    if "iterations" in inspect.signature(entry.cls.__init__).parameters:
+        kwargs.setdefault("iterations", 5)  # OptiCAM: a few optimisation steps keep the suites fast
     return make_cam(entry.name, model, layers, **kwargs)
