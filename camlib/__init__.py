@@ -25,11 +25,14 @@ from camlib.fullgrad_cam import FullGrad
 from camlib.grad_cam import GradCAM
 from camlib.grad_cam_elementwise import GradCAMElementWise
 from camlib.grad_cam_plusplus import GradCAMPlusPlus
+from camlib.group_cam import GroupCAM
 from camlib.guided_backprop import DeconvnetReLUModel, GuidedBackpropReLUModel, guided_grad_cam
 from camlib.hirescam import HiResCAM
 from camlib.kpca_cam import KPCA_CAM
 from camlib.layer_cam import LayerCAM
+from camlib.poly_cam import PolyCAM
 from camlib.random_cam import RandomCAM
+from camlib.recipro_cam import ReciproCAM
 from camlib.refine_cam import RefineCAM
 from camlib.score_cam import ScoreCAM
 from camlib.seg_eigen_cam import SegEigenCAM
@@ -68,10 +71,13 @@ __all__ = [
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GroupCAM",
     "GuidedBackpropReLUModel",
     "HiResCAM",
     "LayerCAM",
+    "PolyCAM",
     "RandomCAM",
+    "ReciproCAM",
     "RefineCAM",
     "ScoreCAM",
     "SegEigenCAM",

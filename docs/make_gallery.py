@@ -125,8 +125,16 @@ class GalleryEntry:
 def _unregistered() -> List[MethodInfo]:
     """Method classes with a documentation page that are not (yet) in the registry."""
     from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
+    from camlib.group_cam import GroupCAM
+    from camlib.poly_cam import PolyCAM
+    from camlib.recipro_cam import ReciproCAM
 
-    return [MethodInfo("ablationcam-multilayer", MultiLayerAblationCAM, "Ablation-CAM (multi-layer)")]
+    return [
+        MethodInfo("ablationcam-multilayer", MultiLayerAblationCAM, "Ablation-CAM (multi-layer)"),
+        MethodInfo("reciprocam", ReciproCAM, "Recipro-CAM"),
+        MethodInfo("groupcam", GroupCAM, "Group-CAM"),
+        MethodInfo("polycam", PolyCAM, "Poly-CAM"),
+    ]
 
 
 def gallery() -> List[GalleryEntry]:
@@ -143,7 +151,8 @@ def _layers(model: torch.nn.Module, *indices: int) -> List[torch.nn.Module]:
 
 
 def _call(cam, x: torch.Tensor, category: int, *, aug_smooth: bool, eigen_smooth: bool) -> np.ndarray:
-    torch.manual_seed(0)  # a stochastic method (e.g. RandomCAM) draws from torch's generator
+    torch.manual_seed(0)  # stochastic methods draw from torch's generator,
+    np.random.seed(0)  # noqa: NPY002 - or, as RandomCAM (like pytorch-grad-cam's), from numpy's global one
     return cam(x, [cam.class_target(category)], aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
 
 
