@@ -23,6 +23,7 @@ from sklearn.decomposition import NMF
 from camlib.utils._display import create_labels_legend, show_factorization_on_image
 from camlib.utils.image import scale_cam_image
 from camlib.utils.model_state import eval_mode
+from camlib.utils.validation import model_device, model_float_dtype
 
 __all__ = ["DeepFeatureFactorization", "dff", "run_dff_on_image"]
 
@@ -75,24 +76,6 @@ def dff(activations: Union[np.ndarray, torch.Tensor], n_components: int = 5) -> 
     concepts = embeddings + offset[:, None]
     explanations = nmf.components_.reshape(n_components, batch_size, height, width).transpose(1, 0, 2, 3)
     return concepts, explanations
-
-
-def _device_of(module: Any, default: torch.device) -> torch.device:
-    """The device of ``module``'s first parameter, or ``default``."""
-    if isinstance(module, torch.nn.Module):
-        first = next(iter(module.parameters()), None)
-        if first is not None:
-            return first.device
-    return default
-
-
-def _float_dtype_of(module: Any, default: torch.dtype) -> torch.dtype:
-    """The dtype of ``module``'s first floating-point parameter (float16/bfloat16 models), or ``default``."""
-    if isinstance(module, torch.nn.Module):
-        for parameter in module.parameters():
-            if parameter.is_floating_point():
-                return parameter.dtype
-    return default
 
 
 class DeepFeatureFactorization:
@@ -213,8 +196,8 @@ class DeepFeatureFactorization:
             )
         n_components = _check_n_components(n_components)
         height, width = input_tensor.shape[-2:]
-        device = _device_of(self.model, input_tensor.device)
-        dtype = _float_dtype_of(self.model, input_tensor.dtype) if input_tensor.is_floating_point() else None
+        device = model_device(self.model, default=input_tensor.device)
+        dtype = (model_float_dtype(self.model) or input_tensor.dtype) if input_tensor.is_floating_point() else None
         activations = self._capture_activations(input_tensor.to(device=device, dtype=dtype))
         if activations.ndim != 4:
             raise ValueError(
@@ -230,9 +213,9 @@ class DeepFeatureFactorization:
 
         if self.computation_on_concepts is None:
             return concepts, processed
-        target = _device_of(self.computation_on_concepts, device)
+        target = model_device(self.computation_on_concepts, default=device)
         concept_tensor = torch.from_numpy(np.float32(concepts).T.copy()).to(
-            target, _float_dtype_of(self.computation_on_concepts, torch.float32)
+            target, model_float_dtype(self.computation_on_concepts) or torch.float32
         )
         with eval_mode(self.computation_on_concepts), torch.no_grad():
             concept_outputs = self.computation_on_concepts(concept_tensor)

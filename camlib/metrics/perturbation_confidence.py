@@ -20,7 +20,6 @@ working.
 
 from __future__ import annotations
 
-import itertools
 import numbers
 from typing import Any, Callable, ClassVar, List, Optional, Sequence, Union
 
@@ -29,6 +28,7 @@ import torch
 
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.model_state import eval_mode
+from camlib.utils.validation import model_device
 
 __all__ = [
     "AveragerAcrossThresholds",
@@ -53,14 +53,6 @@ def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
-
-
-def _device_of(model: Any, fallback: torch.device) -> torch.device:
-    """The device of the model's first parameter or buffer, else ``fallback``."""
-    if isinstance(model, torch.nn.Module):
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            return tensor.device
-    return fallback
 
 
 def as_cam_tensor(cams: Any, name: str = "cams") -> torch.Tensor:
@@ -113,7 +105,7 @@ def check_metric_inputs(
         raise TypeError(f"model must be callable (a torch.nn.Module), got {type(model).__name__}")
     if targets is not None or not allow_no_targets:
         targets = _check_targets(targets, batch)
-    device = _device_of(model, input_tensor.device)
+    device = model_device(model, default=input_tensor.device)
     x = input_tensor.detach().to(device)
     cam_tensor = cam_tensor.to(device)
     if not bool(torch.isfinite(cam_tensor).all()):

@@ -38,6 +38,7 @@ from camlib.metrics.perturbation_confidence import as_cam_tensor, to_numpy
 from camlib.utils.model_state import eval_mode
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_bar
+from camlib.utils.validation import model_device
 
 __all__ = ["ModelParameterRandomisation", "RandomisationResult", "randomisation_order", "spearman_correlation"]
 
@@ -193,12 +194,6 @@ def _names_of(model: torch.nn.Module, modules: Sequence[Any], what: str) -> List
         else:
             raise TypeError(f"{what} must hold modules of the model or their names, got {type(item).__name__}")
     return names
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 class ModelParameterRandomisation:
@@ -358,7 +353,7 @@ class ModelParameterRandomisation:
                 f"the randomisation test works on a deep copy of the model, and copy.deepcopy failed: {error}"
             ) from error
         working.eval()
-        x = input_tensor.detach().to(_device_of(working))
+        x = input_tensor.detach().to(model_device(working, default="cpu"))
         steps = self.layers if self.layers is not None else randomisation_order(working, x)
         if not steps:
             raise ValueError("the model has no parameters to randomise")
