@@ -67,7 +67,7 @@ from camlib.capture import (
     check_finite_maps,
     describe_module,
 )
-from camlib.utils import legacy as _legacy
+from camlib.utils import legacy
 from camlib.utils.image import at_least_float32, scale_cam_image
 from camlib.utils.messages import warn_user
 from camlib.utils.model_outputs import OutputAdaptedTarget, logits_of
@@ -153,13 +153,13 @@ class BaseCAM:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        legacy = {field: cls.__dict__[name] for name, field in _LEGACY_FLAGS.items() if name in cls.__dict__}
-        if legacy and "capabilities" not in cls.__dict__:
+        flags = {field: cls.__dict__[name] for name, field in _LEGACY_FLAGS.items() if name in cls.__dict__}
+        if flags and "capabilities" not in cls.__dict__:
             # A subclass written with class attributes (``uses_gradients = False``) gets its record from them.
-            cls.capabilities = cls.capabilities.but(**legacy)
-        _legacy.wrap_class(cls)  # older spellings and numpy overrides (camlib.utils.legacy)
+            cls.capabilities = cls.capabilities.but(**flags)
+        legacy.wrap_class(cls)  # older spellings and numpy overrides (camlib.utils.legacy)
 
-    @_legacy.legacy_init
+    @legacy.legacy_init
     def __init__(
         self,
         model: torch.nn.Module,
@@ -215,7 +215,7 @@ class BaseCAM:
         """Channel weights ``[B, C]`` for one layer. Implemented by most methods."""
         raise NotImplementedError(f"{type(self).__name__} must implement get_cam_weights or get_cam_image")
 
-    @_legacy.array_boundary
+    @legacy.array_boundary
     def get_cam_image(
         self,
         input_tensor: torch.Tensor,
@@ -235,7 +235,7 @@ class BaseCAM:
         By default :meth:`get_cam_image` of its activations and gradients."""
         grads = None if capture.gradients is None else capture.gradients[index]
         return self.get_cam_image(
-            _legacy.input_with_grad(capture), capture.layers[index], list(capture.targets), capture.activations[index], grads, eigen_smooth
+            legacy.input_with_grad(capture), capture.layers[index], list(capture.targets), capture.activations[index], grads, eigen_smooth
         )
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
@@ -250,7 +250,7 @@ class BaseCAM:
     def prepare_input(self, input_tensor: Any) -> torch.Tensor:
         """The checked input, detached, on the model's device and in its floating-point dtype."""
         ndims = (4, 5) if type(self).capabilities.volumetric else (4,)
-        input_tensor = _legacy.uint8_input(input_tensor)
+        input_tensor = legacy.uint8_input(input_tensor)
         return check_input_tensor(input_tensor, self.device, model_float_dtype(self.model), ndims, type(self).__name__)
 
     # -- stage 2: capture ------------------------------------------------------------
@@ -359,7 +359,7 @@ class BaseCAM:
     def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: List[Callable], eigen_smooth: bool) -> list:
         """pytorch-grad-cam's per-layer maps from ``activations_and_grads``: ``np.float32 [B, 1, *S]``
         each (see :func:`camlib.utils.legacy.compute_cam_per_layer`)."""
-        return _legacy.compute_cam_per_layer(self, input_tensor, targets, eigen_smooth)
+        return legacy.compute_cam_per_layer(self, input_tensor, targets, eigen_smooth)
 
     def aggregate_multi_layers(self, cam_per_target_layer: Sequence[Any]) -> np.ndarray:
         """pytorch-grad-cam's aggregation of ``[B, 1, *S]`` maps (numpy or torch): ``[B, *S]``."""
@@ -429,7 +429,7 @@ class BaseCAM:
             float32 maps in [0, 1]: ``[B, *S]``, or ``[B, L, *S]`` with ``per_layer``.
         """
         self.outputs = None
-        _legacy.training_mode_note(self)
+        legacy.training_mode_note(self)
         self._check_call(eigen_smooth, aug_smooth, per_layer)
         x = self.prepare_input(input_tensor)
         targets = check_targets(targets, x.shape[0])
@@ -467,9 +467,9 @@ class BaseCAM:
         **legacy_kwargs: Any,
     ) -> np.ndarray:
         """Maps for one batch, without augmentation: ``np.float32 [B, *spatial]``."""
-        targets = _legacy.call_targets(self, input_tensor, targets, legacy_kwargs)
-        if _legacy.runs_1_5_7_pipeline(self):
-            return _legacy.forward_1_5_7(self, input_tensor, targets, eigen_smooth)
+        targets = legacy.call_targets(self, input_tensor, targets, legacy_kwargs)
+        if legacy.runs_1_5_7_pipeline(self):
+            return legacy.forward_1_5_7(self, input_tensor, targets, eigen_smooth)
         return to_numpy(self.compute(input_tensor, targets, eigen_smooth=eigen_smooth))
 
     def forward_augmentation_smoothing(
@@ -510,9 +510,9 @@ class BaseCAM:
             ``np.float32`` maps in [0, 1]: ``[B, *spatial]``, or
             ``[B, L, *spatial]`` with ``per_layer``.
         """
-        targets = _legacy.call_targets(self, input_tensor, targets, legacy_kwargs)
-        if not per_layer and (_legacy.overrides(self, "forward") or _legacy.runs_1_5_7_pipeline(self)):
-            return _legacy.call_overridden_forward(self, input_tensor, targets, aug_smooth, eigen_smooth)
+        targets = legacy.call_targets(self, input_tensor, targets, legacy_kwargs)
+        if not per_layer and (legacy.overrides(self, "forward") or legacy.runs_1_5_7_pipeline(self)):
+            return legacy.call_overridden_forward(self, input_tensor, targets, aug_smooth, eigen_smooth)
         if aug_smooth:
             return self.forward_augmentation_smoothing(input_tensor, targets, eigen_smooth, per_layer=per_layer)
         if per_layer:
