@@ -7,10 +7,10 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 
 from camlib.base_cam import BaseCAM
-from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
 from camlib.utils.attention import (
+    ATTENTION_CAPABILITIES,
     attention_pass,
     class_token_relevance,
     global_attention_modules,
@@ -151,15 +151,7 @@ class AttentionRollout(BaseCAM):
         ((2, 32, 32), dtype('float32'))
     """
 
-    capabilities = Capabilities(
-        gradients=False,
-        own_layers=True,
-        volumetric=False,
-        eigen_smooth=False,
-        per_layer=False,
-        class_specific=False,
-        needs_attention=True,
-    )
+    capabilities = ATTENTION_CAPABILITIES.but(gradients=False, class_specific=False)
 
     def __init__(
         self,

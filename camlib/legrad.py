@@ -7,10 +7,15 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 
 from camlib.base_cam import BaseCAM
-from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.attention import attention_pass, global_attention_modules, relevance_map, transformer_blocks
+from camlib.utils.attention import (
+    ATTENTION_CAPABILITIES,
+    attention_pass,
+    global_attention_modules,
+    relevance_map,
+    transformer_blocks,
+)
 from camlib.utils.batched import score_outputs
 from camlib.utils.model_outputs import OutputAdaptedTarget
 
@@ -143,13 +148,7 @@ class LeGrad(BaseCAM):
         ((2, 32, 32), dtype('float32'))
     """
 
-    capabilities = Capabilities(
-        own_layers=True,
-        volumetric=False,
-        eigen_smooth=False,
-        per_layer=False,
-        needs_attention=True,
-    )
+    capabilities = ATTENTION_CAPABILITIES
 
     def __init__(
         self,

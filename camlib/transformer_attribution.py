@@ -7,10 +7,10 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 
 from camlib.base_cam import BaseCAM
-from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
 from camlib.utils.attention import (
+    ATTENTION_CAPABILITIES,
     attention_pass,
     class_token_relevance,
     global_attention_modules,
@@ -109,13 +109,7 @@ class TransformerAttribution(BaseCAM):
         ((2, 32, 32), dtype('float32'))
     """
 
-    capabilities = Capabilities(
-        own_layers=True,
-        volumetric=False,
-        eigen_smooth=False,
-        per_layer=False,
-        needs_attention=True,
-    )
+    capabilities = ATTENTION_CAPABILITIES
 
     def __init__(
         self,

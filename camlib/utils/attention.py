@@ -59,12 +59,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlib.capabilities import Capabilities
 from camlib.capture import Capture, detach_tree
 from camlib.utils.batched import score_outputs
 from camlib.utils.messages import warn_user
 from camlib.utils.reshape_transforms import infer_reshape_transform, num_prefix_tokens
 
 __all__ = [
+    "ATTENTION_CAPABILITIES",
     "AttentionRecord",
     "attention_kind",
     "attention_pass",
@@ -78,6 +80,12 @@ __all__ = [
     "stack_by_module",
     "transformer_blocks",
 ]
+
+#: What the attention methods share: they pick the attention modules themselves, need a transformer,
+#: and return one map per image on the patch grid (no per-layer maps, no principal component, 2-D).
+ATTENTION_CAPABILITIES = Capabilities(
+    own_layers=True, volumetric=False, eigen_smooth=False, per_layer=False, needs_attention=True
+)
 
 #: Names of a block's feed-forward child: the block is the attention module's
 #: nearest ancestor that has one.
