@@ -11,6 +11,7 @@ from camlib.base_cam import BaseCAM, weighted_sum_map
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
 from camlib.registry import register_method
+from camlib.utils.noise import add_gaussian_noise, check_noise_settings
 
 __all__ = ["SmoothGradCAMpp", "smooth_grad_cam_pp_weights"]
 
@@ -98,13 +99,10 @@ class SmoothGradCAMpp(BaseCAM):
         std: float = 0.3,
         **kwargs: Any,
     ) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if not isinstance(std, (int, float)) or isinstance(std, bool) or std < 0:
-            raise ValueError(f"std must be a non-negative number, got {std!r}")
+        num_samples, std = check_noise_settings(num_samples, std)
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.num_samples = num_samples
-        self.std = float(std)
+        self.std = std
 
     def noisy_gradients(self, capture: Capture) -> List[List[torch.Tensor]]:
         """The gradients of every target layer at ``num_samples`` noisy copies of the
@@ -112,8 +110,7 @@ class SmoothGradCAMpp(BaseCAM):
         x = capture.input
         passes = []
         for _ in range(self.num_samples):
-            noisy = x + self.std * torch.randn(x.shape, device=x.device, dtype=x.dtype)
-            record = self.capture(noisy, list(capture.targets))
+            record = self.capture(add_gaussian_noise(x, self.std), list(capture.targets))
             if record.gradients is None:
                 raise ValueError(
                     "SmoothGradCAMpp needs the gradients of the noisy passes, but this CAM was built with "

@@ -11,6 +11,7 @@ from camlib.capabilities import Capabilities
 from camlib.registry import register_method
 from camlib.score_cam import channel_mask_scores, normalized_upsampled_masks
 from camlib.utils.batched import check_finite_scores
+from camlib.utils.noise import add_gaussian_noise, check_noise_settings
 
 __all__ = ["SSCAM", "ss_cam_weights"]
 
@@ -40,7 +41,7 @@ def ss_cam_weights(
     image = torch.arange(batch, device=activations.device).repeat_interleave(channels)
 
     def noisy(masks: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        return masks + std * torch.randn(masks.shape, device=masks.device, dtype=masks.dtype)
+        return add_gaussian_noise(masks, std)
 
     scores = channel_mask_scores(
         model, input_tensor, maps, image, targets, masks=normalized_upsampled_masks, samples=num_samples,
@@ -107,13 +108,10 @@ class SSCAM(BaseCAM):
         std: float = 2.0,
         **kwargs: Any,
     ) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if not isinstance(std, (int, float)) or isinstance(std, bool) or std < 0:
-            raise ValueError(f"std must be a non-negative number, got {std!r}")
+        num_samples, std = check_noise_settings(num_samples, std)
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.num_samples = num_samples
-        self.std = float(std)
+        self.std = std
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
         return ss_cam_weights(
