@@ -6,17 +6,9 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from camlib.base_cam import BaseCAM
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.attention import (
-    ATTENTION_CAPABILITIES,
-    attention_pass,
-    class_token_relevance,
-    global_attention_modules,
-    has_class_token,
-    relevance_map,
-)
+from camlib.utils.attention import ATTENTION_CAPABILITIES, AttentionCAM, class_token_relevance, relevance_map
 
 __all__ = ["HEAD_FUSIONS", "AttentionRollout", "attention_rollout", "fuse_heads"]
 
@@ -99,7 +91,7 @@ def attention_rollout(
 
 
 @register_method("attentionrollout", title="Attention rollout")
-class AttentionRollout(BaseCAM):
+class AttentionRollout(AttentionCAM):
     r"""Attention rollout for vision transformers.
 
     Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
@@ -163,25 +155,13 @@ class AttentionRollout(BaseCAM):
         discard_ratio: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, [] if target_layers is None else target_layers, reshape_transform, *args, **kwargs)
+        super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
         if head_fusion not in HEAD_FUSIONS:
             raise ValueError(f"head_fusion must be one of {list(HEAD_FUSIONS)}, got {head_fusion!r}")
         if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
             raise ValueError(f"discard_ratio must be a number in [0, 1), got {discard_ratio!r}")
         self.head_fusion = head_fusion
         self.discard_ratio = float(discard_ratio)
-        self.attention_modules = global_attention_modules(model)
-        self.class_token = has_class_token(model)
-
-    def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:
-        """One forward pass recording every attention module's probabilities."""
-        return attention_pass(
-            self.model,
-            self.attention_modules,
-            x,
-            lambda outputs: self.resolve_targets(outputs, targets, default_targets),
-            gradients=False,
-        )
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         """The rollout's class-token row on the patch grid: one raw map ``[B, h, w]``."""

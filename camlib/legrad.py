@@ -6,16 +6,9 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from camlib.base_cam import BaseCAM
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.attention import (
-    ATTENTION_CAPABILITIES,
-    attention_pass,
-    global_attention_modules,
-    relevance_map,
-    transformer_blocks,
-)
+from camlib.utils.attention import AttentionCAM, relevance_map, transformer_blocks
 from camlib.utils.batched import score_outputs
 from camlib.utils.model_outputs import OutputAdaptedTarget
 
@@ -88,7 +81,7 @@ def _unwrapped(target: Callable) -> Callable:
 
 
 @register_method("legrad", title="LeGrad")
-class LeGrad(BaseCAM):
+class LeGrad(AttentionCAM):
     r"""LeGrad: feature-formation sensitivity of vision transformers.
 
     Bousselham et al., "LeGrad: An Explainability Method for Vision
@@ -148,8 +141,6 @@ class LeGrad(BaseCAM):
         ((2, 32, 32), dtype('float32'))
     """
 
-    capabilities = ATTENTION_CAPABILITIES
-
     def __init__(
         self,
         model: torch.nn.Module,
@@ -159,12 +150,12 @@ class LeGrad(BaseCAM):
         score_projection: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, [] if target_layers is None else target_layers, reshape_transform, *args, **kwargs)
+        super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
         if score_projection is not None and not callable(score_projection):
             raise TypeError(
                 f"score_projection must be a function of block tokens [B, N, C], got {type(score_projection).__name__}"
             )
-        all_attention = global_attention_modules(model)  # first: a CNN is told it needs attention
+        all_attention = self.attention_modules  # every one; the base class told a CNN it needs attention
         self.score_projection = mean_pooled_head(model) if score_projection is None else score_projection
         if self.target_layers:
             self.attention_modules = [_attention_in(model, layer, all_attention) for layer in self.target_layers]
@@ -172,20 +163,9 @@ class LeGrad(BaseCAM):
             self.attention_modules = all_attention[-2:]
         self.blocks = transformer_blocks(model, self.attention_modules)
 
-    def _block_scores(self, tokens: torch.Tensor, targets: Sequence[Callable]) -> torch.Tensor:
+    def block_scores(self, tokens: torch.Tensor, targets: Sequence[Callable]) -> torch.Tensor:
+        """A block's own scores ``[B]``: :attr:`score_projection` of its tokens, read by the targets."""
         return score_outputs(self.score_projection(tokens), [_unwrapped(t) for t in targets])
-
-    def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:
-        """One forward pass, then per block the gradient of its score w.r.t. its attention."""
-        return attention_pass(
-            self.model,
-            self.attention_modules,
-            x,
-            lambda outputs: self.resolve_targets(outputs, targets, default_targets),
-            gradients=True,
-            blocks=self.blocks,
-            block_scores=self._block_scores,
-        )
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         """The mean over blocks of the positive gradients on the patch grid: one raw map ``[B, h, w]``."""

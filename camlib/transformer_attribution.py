@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 
-from camlib.base_cam import BaseCAM
 from camlib.capture import Capture
 from camlib.registry import register_method
-from camlib.utils.attention import (
-    ATTENTION_CAPABILITIES,
-    attention_pass,
-    class_token_relevance,
-    global_attention_modules,
-    has_class_token,
-    relevance_map,
-)
+from camlib.utils.attention import AttentionCAM, class_token_relevance, relevance_map
 
 __all__ = ["TransformerAttribution", "transformer_relevance"]
 
@@ -56,7 +48,7 @@ def transformer_relevance(attentions: Sequence[torch.Tensor], gradients: Sequenc
 
 
 @register_method("transformerattribution", title="Transformer attribution")
-class TransformerAttribution(BaseCAM):
+class TransformerAttribution(AttentionCAM):
     r"""Gradient-weighted attention relevance for vision transformers (Chefer et al.).
 
     Chefer, Gur & Wolf, "Generic Attention-model Explainability for
@@ -108,30 +100,6 @@ class TransformerAttribution(BaseCAM):
         >>> maps.shape, maps.dtype
         ((2, 32, 32), dtype('float32'))
     """
-
-    capabilities = ATTENTION_CAPABILITIES
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        target_layers: Optional[List[torch.nn.Module]] = None,
-        reshape_transform: Optional[Callable] = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, [] if target_layers is None else target_layers, reshape_transform, *args, **kwargs)
-        self.attention_modules = global_attention_modules(model)
-        self.class_token = has_class_token(model)
-
-    def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:
-        """One forward and one backward pass: every attention map and its gradient."""
-        return attention_pass(
-            self.model,
-            self.attention_modules,
-            x,
-            lambda outputs: self.resolve_targets(outputs, targets, default_targets),
-            gradients=True,
-        )
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         """The relevance's class-token row on the patch grid: one raw map ``[B, h, w]``."""

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture, detach_tree
 from camlib.utils.batched import score_outputs
@@ -67,6 +68,7 @@ from camlib.utils.reshape_transforms import infer_reshape_transform, num_prefix_
 
 __all__ = [
     "ATTENTION_CAPABILITIES",
+    "AttentionCAM",
     "AttentionRecord",
     "attention_kind",
     "attention_pass",
@@ -604,3 +606,70 @@ def _gradient(score: torch.Tensor, tensor: torch.Tensor, retain: bool) -> torch.
         return torch.zeros_like(tensor)
     (grad,) = torch.autograd.grad(score, [tensor], allow_unused=True, retain_graph=retain)
     return torch.zeros_like(tensor) if grad is None else grad
+
+
+class AttentionCAM(BaseCAM):
+    """Base of the transformer-native methods (attention rollout, transformer
+    attribution, LeGrad): the constructor and the capture stage they share.
+
+    The capture stage is :func:`attention_pass` over :attr:`attention_modules`
+    (every global self-attention module of the model, in forward order, unless
+    a subclass narrows them), with the gradients when the class's
+    ``capabilities.gradients`` says so, and per block (:attr:`blocks`,
+    :attr:`block_scores`) when a subclass sets them. A subclass implements
+    :meth:`~camlib.base_cam.BaseCAM.layer_maps` from the captured attention
+    (``capture.activations``, ``[B, heads, N, N]`` per module) and gradients.
+
+    Args:
+        model: a vision transformer.
+        target_layers: the methods that read every attention module ignore
+            them (None or empty is fine).
+        reshape_transform: lays per-token values ``[B, N, 1]`` out as
+            ``[B, 1, h, w]``; None infers the patch grid.
+        *args: the other :class:`~camlib.base_cam.BaseCAM` arguments.
+        **kwargs: the other :class:`~camlib.base_cam.BaseCAM` arguments.
+
+    Raises:
+        ValueError: the model has no attention module (a CNN).
+    """
+
+    capabilities = ATTENTION_CAPABILITIES
+
+    #: With :attr:`block_scores`: the block of each attention module, whose own
+    #: score is differentiated with respect to its attention (LeGrad).
+    blocks: Optional[List[nn.Module]] = None
+
+    #: ``(block tokens [B, N, C], targets) -> scores [B]`` for per-block
+    #: gradients (see :attr:`blocks`); None: the model's own target scores.
+    block_scores: Optional[Callable[[torch.Tensor, Sequence[Callable]], torch.Tensor]] = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Optional[List[nn.Module]] = None,
+        reshape_transform: Optional[Callable] = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, [] if target_layers is None else target_layers, reshape_transform, *args, **kwargs)
+        self.attention_modules = global_attention_modules(model)
+        self.class_token = has_class_token(model)
+
+    def capture(
+        self,
+        x: torch.Tensor,
+        targets: Optional[list] = None,
+        *,
+        default_targets: Optional[Callable[[torch.Tensor], list]] = None,
+    ) -> Capture:
+        """One forward pass recording the attention of :attr:`attention_modules`, and
+        their gradients when the method needs them (see :func:`attention_pass`)."""
+        return attention_pass(
+            self.model,
+            self.attention_modules,
+            x,
+            lambda outputs: self.resolve_targets(outputs, targets, default_targets),
+            gradients=type(self).capabilities.gradients,
+            blocks=self.blocks,
+            block_scores=self.block_scores,
+        )
