@@ -4,8 +4,9 @@ A wrapper builds its base method from the class it is given
 (``base_method=GradCAM``) and runs it through its public stages only:
 :meth:`camlib.base_cam.BaseCAM.compute` with ``default_targets=`` (targets
 chosen from each pass's own scores) or ``aggregate=`` (another combination of
-the per-layer maps). A wrapper implements :meth:`CAMWrapper.compute`; calling
-it returns numpy, as every CAM does.
+the per-layer maps). A wrapper overrides :meth:`CAMWrapper.aggregate` or
+:meth:`CAMWrapper.wrapped_maps` (or :meth:`CAMWrapper.compute`, for arguments
+of its own); calling it returns numpy, as every CAM does.
 
 Example:
     >>> import torch, torchvision
@@ -53,9 +54,11 @@ def build_base_cam(
 class CAMWrapper:
     """Base of the methods that run another method (its ``base_cam``).
 
-    Subclasses set ``capabilities`` (with ``wraps_method=True``) and implement
-    :meth:`compute`. The model, its target layers and the last call's outputs
-    are the base method's.
+    Subclasses set ``capabilities`` (with ``wraps_method=True``) and override
+    :meth:`aggregate` (another combination of the per-layer maps),
+    :meth:`wrapped_maps` (another use of the base method) or, for arguments of
+    their own, :meth:`compute`. The model, its target layers and the last
+    call's outputs are the base method's.
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(wraps_method=True)
@@ -101,8 +104,40 @@ class CAMWrapper:
         eigen_smooth: bool = False,
         per_layer: bool = False,
     ) -> torch.Tensor:
-        """The maps as a tensor on the model's device; implemented by each wrapper."""
-        raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+        """The maps as a tensor on the model's device (what calling the wrapper returns as numpy).
+
+        Args:
+            input_tensor: ``[B, C, H, W]`` (or ``[B, C, D, H, W]``) float tensor.
+            targets: one callable per image, or None for each image's top class.
+            aug_smooth: average over test-time augmentations.
+            eigen_smooth: passed to the base method.
+            per_layer: one map per target layer, ``[B, L, *S]``, where the
+                wrapper supports it (``capabilities.per_layer``).
+
+        Returns:
+            float32 maps in [0, 1]: ``[B, *S]``, or ``[B, L, *S]`` with ``per_layer``.
+        """
+        return self.wrapped_maps(input_tensor, targets, aug_smooth, eigen_smooth, per_layer)
+
+    def wrapped_maps(
+        self, input_tensor: torch.Tensor, targets: Optional[list], aug_smooth: bool, eigen_smooth: bool, per_layer: bool
+    ) -> torch.Tensor:
+        """The override point of :meth:`compute` (same arguments, all given): by default
+        the base method's :meth:`~camlib.base_cam.BaseCAM.compute`, its per-layer maps
+        combined by :meth:`aggregate`."""
+        return self.base_cam.compute(
+            input_tensor,
+            targets,
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            per_layer=per_layer,
+            aggregate=self.aggregate,
+        )
+
+    def aggregate(self, per_layer_maps: torch.Tensor) -> torch.Tensor:
+        """``[B, L, *S] -> [B, *S]``: how :meth:`wrapped_maps` combines the base method's
+        per-layer maps (by default the base method's own :meth:`~camlib.base_cam.BaseCAM.aggregate`)."""
+        return self.base_cam.aggregate(per_layer_maps)
 
     def forward(
         self,

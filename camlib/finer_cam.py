@@ -189,6 +189,7 @@ class FinerCAM(CAMWrapper):
         target_idx: Optional[int] = None,
     ) -> torch.Tensor:
         """The base method's maps of Finer-CAM's targets (see :meth:`forward` for the arguments)."""
+        resolve = None
         if targets is not None:
             if comparison_categories is not None or target_idx is not None:
                 warnings.warn(
@@ -197,20 +198,18 @@ class FinerCAM(CAMWrapper):
                     UserWarning,
                     stacklevel=4,
                 )
-            return self.base_cam.compute(
-                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, per_layer=per_layer
-            )
-        alpha = _check_alpha(alpha)
-        if target_idx is not None:
-            _check_index("target_idx", target_idx)
+        else:
+            alpha = _check_alpha(alpha)
+            if target_idx is not None:
+                _check_index("target_idx", target_idx)
 
-        def resolve(scores: torch.Tensor) -> List[FinerWeightedTarget]:
-            return finer_targets(scores, alpha, comparison_categories, target_idx)
+            def resolve(scores: torch.Tensor) -> List[FinerWeightedTarget]:
+                return finer_targets(scores, alpha, comparison_categories, target_idx)
 
-        # the targets come from the scores of the base method's own forward pass (each augmented pass's)
+        # without targets, they come from the scores of the base method's own forward pass (each augmented pass's)
         return self.base_cam.compute(
             input_tensor,
-            None,
+            targets,
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
             per_layer=per_layer,

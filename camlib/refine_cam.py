@@ -87,33 +87,7 @@ class RefineCAM(CAMWrapper):
             )
         super().__init__(build_base_cam("RefineCAM", base_method, model, target_layers, reshape_transform, **kwargs))
 
-    def compute(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        *,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-        per_layer: bool = False,
-    ) -> torch.Tensor:
-        """The product of the base method's per-layer maps (with ``per_layer``, the factors).
-
-        Args:
-            input_tensor: ``[B, C, H, W]`` (or ``[B, C, D, H, W]``) float tensor.
-            targets: one callable per image, or None for each image's top class.
-            aug_smooth: average over test-time augmentations.
-            eigen_smooth: passed to the base method.
-            per_layer: return the base method's map at each target layer, the
-                factors of the product, instead of the product.
-
-        Returns:
-            float32 maps in [0, 1]: ``[B, *S]``, or ``[B, L, *S]`` with ``per_layer``.
-        """
-        return self.base_cam.compute(
-            input_tensor,
-            targets,
-            aug_smooth=aug_smooth,
-            eigen_smooth=eigen_smooth,
-            per_layer=per_layer,
-            aggregate=refine_maps,
-        )
+    def aggregate(self, per_layer_maps: torch.Tensor) -> torch.Tensor:
+        """The product of the base method's per-layer maps (:func:`refine_maps`); with
+        ``per_layer`` the call returns the factors instead."""
+        return refine_maps(per_layer_maps)

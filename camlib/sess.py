@@ -470,28 +470,16 @@ class SESS(CAMWrapper):
         return total / counts.clamp_min(1.0)
 
     # -- the whole pipeline ---------------------------------------------------------------------------
-    def compute(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Optional[List[Callable]] = None,
-        *,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-        per_layer: bool = False,
+    def wrapped_maps(
+        self, input_tensor: torch.Tensor, targets: Optional[list], aug_smooth: bool, eigen_smooth: bool, per_layer: bool
     ) -> torch.Tensor:
-        """Enhanced maps of a batch of images.
+        """SESS's maps for :meth:`~camlib.cam_wrapper.CAMWrapper.compute`: ``[B, H, W]`` float32
+        in [0, 1] on the model's device, for 4-D image batches.
 
-        Args:
-            input_tensor: ``[B, C, H, W]`` float tensor.
-            targets: one callable per image, or None (for all images, or as an
-                entry for one image) for the image's top class.
-            aug_smooth: passed to the base method for every patch (test-time
-                augmentation of each patch).
-            eigen_smooth: passed to the base method for every patch.
-            per_layer: not supported (the patches' maps are fused into one).
-
-        Returns:
-            float32 maps ``[B, H, W]`` in [0, 1], on the model's device.
+        A ``targets`` entry may be None (the image's top class); ``aug_smooth``
+        and ``eigen_smooth`` are passed to the base method for every patch
+        (test-time augmentation of each patch); ``per_layer`` is not supported
+        (the patches' maps are fused into one).
         """
         if per_layer:
             raise ValueError("SESS fuses its patches' maps into one map per image; call it without per_layer")
