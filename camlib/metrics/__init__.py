@@ -40,6 +40,7 @@ from camlib.metrics.deletion_insertion import (
     CurveResult,
     Deletion,
     Insertion,
+    PixelOrderCurve,
     blur_substrate,
     gaussian_blur,
     pixel_ranks,
@@ -53,6 +54,7 @@ from camlib.metrics.perturbation_confidence import (
 from camlib.metrics.pointing_game import EnergyPointingGame, PointingGame, boxes_to_masks
 from camlib.metrics.road import (
     NoisyLinearImputer,
+    ROADAverage,
     ROADCombined,
     ROADLeastRelevantFirst,
     ROADLeastRelevantFirstAverage,
@@ -84,7 +86,9 @@ __all__ = [
     "ModelParameterRandomisation",
     "NoisyLinearImputer",
     "PerturbationConfidenceMetric",
+    "PixelOrderCurve",
     "PointingGame",
+    "ROADAverage",
     "ROADCombined",
     "ROADLeastRelevantFirst",
     "ROADLeastRelevantFirstAverage",

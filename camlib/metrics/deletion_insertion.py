@@ -47,7 +47,7 @@ from camlib.utils import image
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.model_state import eval_mode
 
-__all__ = ["CurveResult", "Deletion", "Insertion", "blur_substrate", "gaussian_blur", "pixel_ranks"]
+__all__ = ["CurveResult", "Deletion", "Insertion", "PixelOrderCurve", "blur_substrate", "gaussian_blur", "pixel_ranks"]
 
 ArrayOrTensor = Union[np.ndarray, torch.Tensor]
 Substrate = Union[str, float, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
@@ -165,8 +165,46 @@ def _check_steps(steps: Any, step_size: Any) -> tuple[Optional[int], Optional[in
     return steps, step_size
 
 
-class _PixelOrderCurve:
-    """Shared machinery of :class:`Deletion` and :class:`Insertion`."""
+class PixelOrderCurve:
+    """The area under the score curve as the map's top pixels go or come: the
+    base of :class:`Deletion` and :class:`Insertion`, which set :attr:`deletes`
+    and :attr:`default_substrate`.
+
+    Args:
+        steps: number of steps; each deletes (inserts) ``ceil(P / steps)``
+            pixels of the ``P`` (default 100 when ``step_size`` is not given).
+        step_size: pixels deleted (inserted) per step instead (RISE deletes one
+            image row's worth, e.g. 224 at 224 x 224). Give ``steps`` or
+            ``step_size``.
+        substrate: what a deleted pixel becomes, or what the pixels are
+            inserted into: ``"zeros"`` (0 in the model's input space, i.e. the
+            mean colour for normalised inputs), ``"blur"`` (RISE's 11-tap
+            Gaussian of sigma 5, :func:`gaussian_blur` of the input), ``"mean"``
+            (each image's mean per channel), a number, a tensor that
+            broadcasts to the batch, or a function ``input -> substrate``;
+            None: :attr:`default_substrate`.
+        score_fn: turns the model's output into scores: ``"softmax"`` (default),
+            ``"sigmoid"`` (multi-label models), None (raw output) or a callable.
+        batch_size: perturbed images per forward pass.
+        progress: show a progress bar (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
+
+    Called as ``metric(input_tensor, cams, targets, model, return_curves=False)``.
+
+    Example:
+        >>> import torch
+        >>> from camlib.utils.model_targets import ClassifierOutputTarget
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1, bias=False))
+        >>> _ = torch.nn.init.ones_(model[1].weight)  # score = sum of the pixels
+        >>> x = torch.tensor([[[[4.0, 3.0, 2.0, 1.0]]]])
+        >>> targets = [ClassifierOutputTarget(0)]
+        >>> deletion = Deletion(steps=4, score_fn=None, progress=False)
+        >>> result = deletion(x, x[:, 0], targets, model, return_curves=True)
+        >>> result.scores, result.auc  # 10, 6, 3, 1, 0 at 0, 1/4, ..., 1
+        (array([[10.,  6.,  3.,  1.,  0.]], dtype=float32), array([3.75], dtype=float32))
+        >>> insertion = Insertion(steps=4, substrate="zeros", score_fn=None, progress=False)
+        >>> insertion(x, x[:, 0], targets, model)  # 0, 4, 7, 9, 10
+        array([6.25], dtype=float32)
+    """
 
     #: True: replace the top pixels by the substrate; False: put them back on it.
     deletes: ClassVar[bool] = True
@@ -250,75 +288,26 @@ class _PixelOrderCurve:
         return f"{type(self).__name__}({size}, substrate={self.substrate!r}, score_fn={self.score_fn!r})"
 
 
-class Deletion(_PixelOrderCurve):
+class Deletion(PixelOrderCurve):
     r"""Deletion AUC (RISE): the score as the map's top pixels are replaced, most relevant first.
 
     See :mod:`camlib.metrics.deletion_insertion` for the exact definition. In
-    [0, 1] for probabilities; lower is better.
-
-    Args:
-        steps: number of deletion steps; each removes ``ceil(P / steps)``
-            pixels of the ``P`` (default 100 when ``step_size`` is not given).
-        step_size: pixels removed per step instead (RISE removes one image
-            row's worth, e.g. 224 at 224 x 224). Give ``steps`` or ``step_size``.
-        substrate: what replaces a removed pixel: ``"zeros"`` (default, RISE's
-            choice; 0 in the model's input space, i.e. the mean colour for
-            normalised inputs), ``"blur"`` (:func:`gaussian_blur` of the input),
-            ``"mean"`` (each image's mean per channel), a number, a tensor that
-            broadcasts to the batch, or a function ``input -> substrate``.
-        score_fn: turns the model's output into scores: ``"softmax"`` (default),
-            ``"sigmoid"`` (multi-label models), None (raw output) or a callable.
-        batch_size: perturbed images per forward pass.
-        progress: show a progress bar (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
-
-    Called as ``metric(input_tensor, cams, targets, model, return_curves=False)``.
-
-    Example:
-        >>> import torch
-        >>> from camlib.utils.model_targets import ClassifierOutputTarget
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1, bias=False))
-        >>> _ = torch.nn.init.ones_(model[1].weight)  # score = sum of the pixels
-        >>> x = torch.tensor([[[[4.0, 3.0, 2.0, 1.0]]]])
-        >>> metric = Deletion(steps=4, score_fn=None, progress=False)
-        >>> result = metric(x, x[:, 0], [ClassifierOutputTarget(0)], model, return_curves=True)
-        >>> result.scores, result.auc  # 10, 6, 3, 1, 0 at 0, 1/4, ..., 1
-        (array([[10.,  6.,  3.,  1.,  0.]], dtype=float32), array([3.75], dtype=float32))
+    [0, 1] for probabilities; lower is better. The arguments and an example
+    are :class:`PixelOrderCurve`'s; the substrate is ``"zeros"`` by default
+    (RISE's choice for deletion).
     """
 
     deletes = True
     default_substrate = "zeros"
 
 
-class Insertion(_PixelOrderCurve):
+class Insertion(PixelOrderCurve):
     r"""Insertion AUC (RISE): the score as the map's top pixels are put back on a substrate.
 
     See :mod:`camlib.metrics.deletion_insertion` for the exact definition. In
-    [0, 1] for probabilities; higher is better.
-
-    Args:
-        steps: number of insertion steps; each inserts ``ceil(P / steps)``
-            pixels of the ``P`` (default 100 when ``step_size`` is not given).
-        step_size: pixels inserted per step instead. Give ``steps`` or ``step_size``.
-        substrate: the image the pixels are inserted into: ``"blur"`` (default,
-            RISE's choice: an 11-tap Gaussian of sigma 5), ``"zeros"``,
-            ``"mean"``, a number, a tensor that broadcasts to the batch, or a
-            function ``input -> substrate``.
-        score_fn: turns the model's output into scores: ``"softmax"`` (default),
-            ``"sigmoid"`` (multi-label models), None (raw output) or a callable.
-        batch_size: perturbed images per forward pass.
-        progress: show a progress bar (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
-
-    Called as ``metric(input_tensor, cams, targets, model, return_curves=False)``.
-
-    Example:
-        >>> import torch
-        >>> from camlib.utils.model_targets import ClassifierOutputTarget
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1, bias=False))
-        >>> _ = torch.nn.init.ones_(model[1].weight)  # score = sum of the pixels
-        >>> x = torch.tensor([[[[4.0, 3.0, 2.0, 1.0]]]])
-        >>> metric = Insertion(steps=4, substrate="zeros", score_fn=None, progress=False)
-        >>> metric(x, x[:, 0], [ClassifierOutputTarget(0)], model)  # 0, 4, 7, 9, 10
-        array([6.25], dtype=float32)
+    [0, 1] for probabilities; higher is better. The arguments and an example
+    are :class:`PixelOrderCurve`'s; the substrate is ``"blur"`` by default
+    (RISE's choice for insertion).
     """
 
     deletes = False

@@ -512,7 +512,8 @@ class AveragerAcrossThresholds:
         self.batch_size = check_batch_size(batch_size)
         self.progress = progress
 
-    def _metrics(self) -> list:
+    def metrics(self) -> list:
+        """The metric of each percentile, built by the factory (``imputer``)."""
         return [self.imputer(percentile) for percentile in self.percentiles]
 
     def __call__(
@@ -524,7 +525,7 @@ class AveragerAcrossThresholds:
     ) -> np.ndarray:
         """Mean score change over the percentiles: ``np.float32 [B]``."""
         scores = stacked_scores(
-            self._metrics(),
+            self.metrics(),
             input_tensor,
             cams,
             targets,

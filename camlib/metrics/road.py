@@ -56,6 +56,7 @@ from camlib.metrics.perturbation_confidence import (
 
 __all__ = [
     "NoisyLinearImputer",
+    "ROADAverage",
     "ROADCombined",
     "ROADLeastRelevantFirst",
     "ROADLeastRelevantFirstAverage",
@@ -278,8 +279,10 @@ class ROADLeastRelevantFirst(PerturbationConfidenceMetric):
         super().__init__(perturbation, batch_size=batch_size, progress=progress)
 
 
-class ROADMostRelevantFirstAverage(AveragerAcrossThresholds):
-    """:class:`ROADMostRelevantFirst` averaged over percentiles (default 10, ..., 90).
+class ROADAverage(AveragerAcrossThresholds):
+    """A ROAD metric (:attr:`percentile_metric`) averaged over percentiles (default
+    10, ..., 90): the base of :class:`ROADMostRelevantFirstAverage` and
+    :class:`ROADLeastRelevantFirstAverage`.
 
     Args:
         percentiles: the percentiles to average over.
@@ -288,6 +291,10 @@ class ROADMostRelevantFirstAverage(AveragerAcrossThresholds):
         batch_size: perturbed images per forward pass.
         progress: show a progress bar.
     """
+
+    #: The metric of one percentile, built as ``percentile_metric(percentile,
+    #: imputer=, batch_size=, progress=)``.
+    percentile_metric: ClassVar[Callable[..., PerturbationConfidenceMetric]]
 
     def __init__(
         self,
@@ -298,34 +305,23 @@ class ROADMostRelevantFirstAverage(AveragerAcrossThresholds):
         progress: Optional[bool] = None,
     ) -> None:
         factory = functools.partial(
-            ROADMostRelevantFirst, imputer=imputer, batch_size=batch_size, progress=progress
+            type(self).percentile_metric, imputer=imputer, batch_size=batch_size, progress=progress
         )
         super().__init__(factory, percentiles, batch_size=batch_size, progress=progress)
 
 
-class ROADLeastRelevantFirstAverage(AveragerAcrossThresholds):
-    """:class:`ROADLeastRelevantFirst` averaged over percentiles (default 10, ..., 90).
+class ROADMostRelevantFirstAverage(ROADAverage):
+    """:class:`ROADMostRelevantFirst` averaged over percentiles (default 10, ..., 90);
+    the arguments are :class:`ROADAverage`'s."""
 
-    Args:
-        percentiles: the percentiles to average over.
-        imputer: shared by every percentile; default a fresh
-            ``NoisyLinearImputer()`` per percentile.
-        batch_size: perturbed images per forward pass.
-        progress: show a progress bar.
-    """
+    percentile_metric = ROADMostRelevantFirst
 
-    def __init__(
-        self,
-        percentiles: Optional[Sequence[float]] = None,
-        *,
-        imputer: Optional[Callable] = None,
-        batch_size: int = 32,
-        progress: Optional[bool] = None,
-    ) -> None:
-        factory = functools.partial(
-            ROADLeastRelevantFirst, imputer=imputer, batch_size=batch_size, progress=progress
-        )
-        super().__init__(factory, percentiles, batch_size=batch_size, progress=progress)
+
+class ROADLeastRelevantFirstAverage(ROADAverage):
+    """:class:`ROADLeastRelevantFirst` averaged over percentiles (default 10, ..., 90);
+    the arguments are :class:`ROADAverage`'s."""
+
+    percentile_metric = ROADLeastRelevantFirst
 
 
 class ROADCombined:
@@ -379,8 +375,8 @@ class ROADCombined:
         model: torch.nn.Module,
     ) -> np.ndarray:
         """``(LeRF - MoRF) / 2`` per image: ``np.float32 [B]``."""
-        lerf = self.lerf_averager._metrics()
-        morf = self.morf_averager._metrics()
+        lerf = self.lerf_averager.metrics()
+        morf = self.morf_averager.metrics()
         scores = stacked_scores(
             lerf + morf,
             input_tensor,
