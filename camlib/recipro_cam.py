@@ -1,11 +1,12 @@
-"""Recipro-CAM: the map at a position is the target score when only that position's features are kept.
+"""Recipro-CAM: the map at a position is the target's probability when the features there are kept alone.
 
 For every spatial position of the target layer, a copy of the layer's output
-is kept around that position (a 3x3 Gaussian window by default) and zeroed
-everywhere else; each copy goes through the part of the network after the
-layer, and the softmax probability of the target at that position is the map's
-value there. No gradient, no masking of the input: only the network's tail runs
-again, once per position, batched (:func:`camlib.utils.tail_scoring.score_layer_copies`,
+holds only that position's feature vector, spread over its 3x3 neighbourhood
+with Gaussian weights (the authors' "mosaic" feature maps), zeros elsewhere;
+each copy goes through the part of the network after the layer, and the
+softmax probability of the target is the map's value at that position. No
+gradient, no masking of the input: only the network's tail runs again, once
+per position, batched (:func:`camlib.utils.tail_scoring.score_layer_copies`,
 the torch.fx split that AblationCAM also uses, or the whole model with a hook
 replacing the layer's output when the model cannot be split).
 """
@@ -13,6 +14,7 @@ replacing the layer's output when the model cannot be split).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -21,9 +23,12 @@ import torch.nn.functional as F
 from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
-from camlib.utils.tail_scoring import class_probabilities, score_layer_copies
+from camlib.registry import register_method
+from camlib.utils.batched import check_finite_scores
+from camlib.utils.reshape_transforms import is_feature_pyramid
+from camlib.utils.tail_scoring import class_probabilities, concat_outputs, score_layer_copies
 
-__all__ = ["ReciproCAM", "masked_layer_copies", "position_masks"]
+__all__ = ["ReciproCAM", "position_masks", "reciprocal_copies"]
 
 #: The window kept around a position, per axis (its outer product is the 2-D or 3-D window).
 GAUSSIAN_1D = (0.25, 0.5, 0.25)
@@ -59,37 +64,63 @@ def position_masks(spatial: tuple, kernel: str = "gaussian", device: Any = None,
     return masks.to(dtype) if dtype is not None else masks
 
 
-def masked_layer_copies(raw: torch.Tensor, activations_shape: tuple, image: int, masks: torch.Tensor) -> torch.Tensor:
-    """Copies of image ``image``'s layer output ``raw``, copy i multiplied by ``masks[i]``.
+def reciprocal_copies(
+    raw: Any, activations_shape: tuple, image: int, masks: torch.Tensor, centers: torch.Tensor
+) -> Any:
+    """Copies of image ``image``'s layer output ``raw``, one per position in ``centers``.
 
-    ``raw`` is the layer's output as it returned it; ``activations_shape`` its
-    ``[B, C, *s]`` layout after the reshape transform. Three layouts are known:
-    channels first (``raw`` is ``[B, C, *s]``), channels last (``[B, *s, C]``)
-    and tokens (``[B, N, C]`` with ``N - prod(s)`` leading prefix tokens, such as
-    a class token, which are left unchanged; the rest laid out row-major).
+    Copy ``i`` holds the feature vector at position ``centers[i]``, spread over
+    the grid with the weights ``masks[i]`` (the window centred there, see
+    :func:`position_masks`), and zeros elsewhere: ``copy_i[:, q] = masks[i][q] *
+    A[:, centers[i]]``, as the authors' published code builds its "mosaic"
+    feature maps. ``raw`` is the layer's output as it returned it;
+    ``activations_shape`` its ``[B, C, *s]`` layout after the reshape transform.
+    Known layouts: channels first (``raw`` is ``[B, C, *s]``), channels last
+    (``[B, *s, C]``), tokens (``[B, N, C]`` with ``N - prod(s)`` leading prefix
+    tokens, such as a class token, which are left unchanged; the rest laid out
+    row-major), and a dict of ``[B, C_l, *s_l]`` feature maps (an FPN's levels,
+    laid out on the coarsest grid): there each level keeps its own features
+    under the window resized to the level's grid.
 
     Raises:
         ValueError: for any other layout.
+
+    Example:
+        >>> a = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> reciprocal_copies(a, (1, 1, 2, 2), 0, position_masks((2, 2), "point")[1:2], torch.tensor([1]))
+        tensor([[[[0., 1.],
+                  [0., 0.]]]])
     """
     channels, spatial = activations_shape[1], tuple(activations_shape[2:])
+    positions = math.prod(spatial)
     count = masks.shape[0]
-    masks = masks.to(raw.dtype)
+    if isinstance(raw, Mapping) and is_feature_pyramid(raw, len(spatial)):
+        mode = "bilinear" if len(spatial) == 2 else "trilinear"
+        copies = {}
+        for key, level in raw.items():
+            window = masks[:, None].to(level.dtype)
+            if tuple(level.shape[2:]) != spatial:
+                window = F.interpolate(window.float(), size=level.shape[2:], mode=mode).to(level.dtype)
+            copies[key] = level[image : image + 1] * window
+        return type(raw)(copies) if isinstance(raw, dict) else copies
     if not isinstance(raw, torch.Tensor):
         raise ValueError(
-            f"ReciproCAM needs the target layer to return a tensor, got {type(raw).__name__}; choose a layer "
-            "that outputs a feature map or tokens"
+            f"ReciproCAM needs the target layer to return a tensor or a dict of feature maps, got "
+            f"{type(raw).__name__}; choose a layer that outputs a feature map or tokens"
         )
-    row = raw[image : image + 1]
+    masks = masks.to(raw.dtype)
+    flat_masks = masks.reshape(count, positions)
     if tuple(raw.shape[1:]) == (channels, *spatial):
-        return row * masks[:, None]
+        centre = raw[image].reshape(channels, positions)[:, centers]  # [C, n]
+        return (centre.T[:, :, None] * flat_masks[:, None, :]).reshape(count, channels, *spatial)
     if tuple(raw.shape[1:]) == (*spatial, channels):
-        return row * masks[..., None]
-    positions = math.prod(spatial)
+        centre = raw[image].reshape(positions, channels)[centers]  # [n, C]
+        return (flat_masks[:, :, None] * centre[:, None, :]).reshape(count, *spatial, channels)
     if raw.ndim == 3 and raw.shape[2] == channels and raw.shape[1] >= positions:
         prefix = raw.shape[1] - positions
-        copies = row.repeat(count, 1, 1)
-        copies[:, prefix:] = copies[:, prefix:] * masks.reshape(count, positions, 1)
-        return copies
+        centre = raw[image, prefix:][centers]  # [n, C]
+        grid = flat_masks[:, :, None] * centre[:, None, :]
+        return torch.cat([raw[image : image + 1, :prefix].expand(count, -1, -1), grid], dim=1)
     raise ValueError(
         f"ReciproCAM cannot tell where the positions of the target layer's output {list(raw.shape)} are "
         f"(its map is {list(activations_shape)}); choose a layer that outputs [B, C, *spatial] maps, "
@@ -97,6 +128,7 @@ def masked_layer_copies(raw: torch.Tensor, activations_shape: tuple, image: int,
     )
 
 
+@register_method("reciprocam", title="Recipro-CAM")
 class ReciproCAM(BaseCAM):
     r"""Recipro-CAM.
 
@@ -106,21 +138,36 @@ class ReciproCAM(BaseCAM):
     Visual Explanations for Vision Transformer", 2023. https://arxiv.org/abs/2310.02588
 
     .. math::
-        L^c_{p} = \mathrm{softmax}\big(f_{\text{tail}}(A \odot G_p)\big)_c
+        M_p[:, q] = G(q - p)\, A[:, p], \qquad
+        L^c_{p} = \mathrm{softmax}\big(f_{\text{tail}}(M_p)\big)_c
 
-    where :math:`A` is the target layer's output, :math:`G_p` the 3x3 (3x3x3)
-    Gaussian window :math:`(\tfrac14, \tfrac12, \tfrac14)^{\otimes d}` centred on
-    position :math:`p` (cut at the borders) and :math:`f_{\text{tail}}` the part
-    of the network after the layer. The map is then min-max scaled and resized
-    like every camlib map.
+    where :math:`A` is the target layer's output, :math:`G` the 3x3 (3x3x3)
+    Gaussian window :math:`(\tfrac14, \tfrac12, \tfrac14)^{\otimes d}` (cut at
+    the borders, not renormalised), so copy :math:`M_p` holds the feature vector
+    at :math:`p` spread over its neighbourhood and zeros elsewhere, and
+    :math:`f_{\text{tail}}` is the part of the network after the layer. The
+    map is min-max scaled (the authors' normalisation) and resized like every
+    camlib map.
 
     Choices the paper leaves open follow the authors' published code
-    (openvinotoolkit/training_extensions, ``recipro_cam.py``): the Gaussian
-    window (``kernel="point"`` keeps one position only, the paper's first
-    variant) and the softmax of the logits (``softmax=False`` scores the raw
-    target; outputs other than a ``[B, classes]`` tensor are never softmaxed).
-    For token outputs the leading prefix tokens (class, distillation, register
-    tokens) are kept unmasked, camlib's choice.
+    (github.com/sybyun/ReciproCAM and openvinotoolkit/training_extensions,
+    ``recipro_cam.py``): the centre feature spread by the Gaussian window
+    (``kernel="point"`` keeps it at the position only, the variant the
+    authors' hook-based code uses), the softmax of the logits (``softmax=False``
+    scores the raw target), and min-max scaling of the scores (camlib shifts them
+    by their minimum first, so negative raw scores are not cut by the ReLU;
+    probabilities are unchanged by it). The softmax goes through the CAM's
+    ``output_adapter`` (or :func:`~camlib.utils.model_outputs.logits_of`): the
+    class scores inside a structured output are replaced by probabilities and
+    the targets see the same structure; outputs without ``[B, classes]`` scores
+    (a segmentation map, a detector's boxes) are scored as they are.
+    camlib's own choices: for token outputs the leading prefix tokens (class,
+    distillation, register tokens) are kept unmasked; for a dict of feature
+    maps (a detector's FPN, laid out on the coarsest level's grid) each level
+    keeps its own features under the window resized to its grid; in half
+    precision the split-off tail runs in float32 on a copy (the map is the
+    small differences between the copies' scores, which ``bfloat16`` rounds
+    away).
 
     Cost: one forward pass, then ``h * w`` (``d * h * w``) copies per image
     through the part of the model after the target layer, ``batch_size`` at a
@@ -141,10 +188,6 @@ class ReciproCAM(BaseCAM):
         split_model: run only the part after the target layer when it can be split off
             (default True); False always runs the whole model.
         last_paths: for the last call, per target layer, ``"split"`` or ``"full"``.
-
-    Not in the method registry yet, so ``cam.py`` and ``camlib explain`` do not offer it: it
-    does not yet pass the shared all-methods suite everywhere (structured model outputs read
-    through ``output_adapter``, half precision, detectors, 3-D segmenters).
 
     Example:
         >>> import torch, torchvision
@@ -186,16 +229,18 @@ class ReciproCAM(BaseCAM):
     def _layer_scores(self, capture: Capture, index: int) -> tuple[torch.Tensor, str]:
         raw, activations = capture.raw_activations[index], capture.activations[index]
         batch, spatial = activations.shape[0], tuple(activations.shape[2:])
+        shape = tuple(activations.shape)
         masks = position_masks(spatial, self.kernel, device=activations.device)
         positions = masks.shape[0]
-        masked_layer_copies(raw, tuple(activations.shape), 0, masks[:1])  # checks the layout first
+        every = torch.arange(positions, device=activations.device)
+        reciprocal_copies(raw, shape, 0, masks[:1], every[:1])  # checks the layout before any pass
 
-        def copies(start: int, stop: int) -> torch.Tensor:
+        def copies(start: int, stop: int) -> Any:
             parts = []
             for b in range(start // positions, (stop - 1) // positions + 1):
                 lo, hi = max(start, b * positions) - b * positions, min(stop, (b + 1) * positions) - b * positions
-                parts.append(masked_layer_copies(raw, tuple(activations.shape), b, masks[lo:hi]))
-            return torch.cat(parts)
+                parts.append(reciprocal_copies(raw, shape, b, masks[lo:hi], every[lo:hi]))
+            return concat_outputs(parts)
 
         scores, path = score_layer_copies(
             self.model,
@@ -210,6 +255,12 @@ class ReciproCAM(BaseCAM):
             progress=self.progress,
             desc="ReciproCAM",
             split=self.split_model,
-            transform_outputs=class_probabilities if self.softmax else None,
+            transform_outputs=(lambda out: class_probabilities(out, self.model_scores)) if self.softmax else None,
+            float32_tail=True,
         )
-        return scores.float().reshape(batch, *spatial), path
+        check_finite_scores(scores, "the target score of a copy", "ReciproCAM's map would be NaN")
+        scores = scores.float().reshape(batch, positions)
+        # The authors scale the scores to [0, 1] by their range; shifting by the minimum first keeps
+        # negative scores (raw logits, a segmentation target) from being cut by the ReLU.
+        scores = scores - scores.amin(dim=1, keepdim=True)
+        return scores.reshape(batch, *spatial), path

@@ -127,11 +127,9 @@ def _unregistered() -> List[MethodInfo]:
     from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
     from camlib.group_cam import GroupCAM
     from camlib.poly_cam import PolyCAM
-    from camlib.recipro_cam import ReciproCAM
 
     return [
         MethodInfo("ablationcam-multilayer", MultiLayerAblationCAM, "Ablation-CAM (multi-layer)"),
-        MethodInfo("reciprocam", ReciproCAM, "Recipro-CAM"),
         MethodInfo("groupcam", GroupCAM, "Group-CAM"),
         MethodInfo("polycam", PolyCAM, "Poly-CAM"),
     ]

@@ -24,6 +24,7 @@ device, and the user's model is never modified.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence
@@ -34,6 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.fx_split import LayerSplit, outputs_match, split_after_layer
 from camlib.utils.model_state import eager_module
+from camlib.utils.validation import model_device, model_float_dtype
 
 __all__ = ["TailScores", "checked_split", "class_probabilities", "concat_outputs", "score_layer_copies"]
 
@@ -52,16 +54,52 @@ class TailScores(NamedTuple):
     path: str
 
 
-def class_probabilities(outputs: Any) -> Any:
-    """The softmax over classes of a ``[N, classes]`` floating-point output (as float32; the sigmoid
-    of a single logit); any other
-    output (a segmentation map, a detector's dicts) unchanged. The output transform of the methods
-    that score class probabilities (ReciproCAM, GroupCAM, PolyCAM)."""
-    if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 and outputs.is_floating_point():
-        if outputs.shape[-1] == 1:  # one logit: its sigmoid
-            return torch.sigmoid(outputs.float())
-        return torch.softmax(outputs.float(), dim=-1)
-    return outputs
+def _probabilities(scores: torch.Tensor) -> torch.Tensor:
+    if scores.shape[-1] == 1:  # one logit: its sigmoid
+        return torch.sigmoid(scores.float())
+    return torch.softmax(scores.float(), dim=-1)
+
+
+def class_probabilities(outputs: Any, scores_of: Optional[Callable[[Any], Any]] = None) -> Any:
+    """The model's output with its class scores replaced by their softmax (float32; the sigmoid of a
+    single logit). The output transform of the methods that score class probabilities (ReciproCAM,
+    GroupCAM, PolyCAM), so their targets see probabilities where they would see logits.
+
+    Args:
+        outputs: the model's output for a batch.
+        scores_of: finds the ``[N, classes]`` scores in ``outputs`` (a CAM's
+            :meth:`~camlib.base_cam.BaseCAM.model_scores`: its ``output_adapter``, or
+            :func:`~camlib.utils.model_outputs.logits_of`); None: only a plain tensor output is scores.
+
+    Returns:
+        ``outputs`` of the same structure (a tensor, a tuple, a dict, a Hugging Face ``ModelOutput``)
+        with the scores tensor replaced by probabilities; unchanged when there are no ``[N, classes]``
+        floating-point scores (a segmentation map, a detector's dicts) or when the scores are computed
+        from the output rather than found in it (an adapter that is not a plain selection).
+
+    Example:
+        >>> import torch
+        >>> out = class_probabilities({"logits": torch.zeros(1, 4), "aux": torch.ones(1, 2)}, lambda o: o["logits"])
+        >>> out["logits"].tolist(), out["aux"].tolist()
+        ([[0.25, 0.25, 0.25, 0.25]], [[1.0, 1.0]])
+    """
+    if isinstance(outputs, torch.Tensor) or scores_of is None:
+        scores = outputs
+    else:
+        try:
+            scores = scores_of(outputs)
+        except (TypeError, KeyError, AttributeError, IndexError):
+            return outputs  # no class scores in this output (a detector's boxes)
+    if not (isinstance(scores, torch.Tensor) and scores.ndim == 2 and scores.is_floating_point()):
+        return outputs
+    if scores is outputs:
+        return _probabilities(scores)
+    leaves, spec = tree_flatten(outputs)
+    found = [i for i, leaf in enumerate(leaves) if leaf is scores]
+    if not found:
+        return outputs
+    probabilities = _probabilities(scores)
+    return tree_unflatten([probabilities if i in found else leaf for i, leaf in enumerate(leaves)], spec)
 
 
 def _clone(tree: Any) -> Any:
@@ -104,6 +142,39 @@ def checked_split(
     return split
 
 
+def _runs_in_half_precision(model: torch.nn.Module, device: torch.device) -> bool:
+    dtype = model_float_dtype(model)
+    return dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(device.type)
+
+
+def _to_float32(tree: Any) -> Any:
+    return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, tree)
+
+
+def _float32_copies(make_copies: Callable[[int, int], Any]) -> Callable[[int, int], Any]:
+    return lambda start, stop: _to_float32(make_copies(start, stop))
+
+
+def _float32_split(cut: LayerSplit) -> LayerSplit:
+    """``cut`` with its tail replaced by a float32 copy that runs with autocast off (the prefix, which
+    computes side values from the input, stays the model's: its outputs are cast to float32)."""
+    tail = copy.deepcopy(cut.rest).float()
+    device = model_device(tail, torch.device("cpu"))
+
+    def rest(*args: Any) -> Any:
+        with torch.autocast(device.type, enabled=False):
+            return tail(*_to_float32(args))
+
+    prefix = cut.prefix
+    if prefix is not None:
+        original = prefix
+
+        def prefix(*args: Any) -> Any:
+            return _to_float32(original(*args))
+
+    return cut._replace(rest=rest, prefix=prefix)
+
+
 def _spans(image_of: Sequence[int]) -> List[tuple]:
     """``(image, first, last)`` runs of consecutive copies of one image."""
     spans: List[tuple] = []
@@ -130,6 +201,7 @@ def score_layer_copies(
     desc: Optional[str] = None,
     split: bool = True,
     transform_outputs: Optional[Callable[[Any], Any]] = None,
+    float32_tail: bool = False,
 ) -> TailScores:
     """Target scores of modified copies of ``layer``'s output, run through the rest of the model.
 
@@ -149,6 +221,11 @@ def score_layer_copies(
         split: try to run only the part of the model after ``layer`` (default); False always
             runs the whole model.
         transform_outputs: applied to each chunk's output before the targets (e.g. a softmax).
+        float32_tail: when the split path is taken and the model runs in half precision
+            (``float16``/``bfloat16`` parameters, or under ``torch.autocast``), run a float32 copy of
+            the part after the layer, autocast off, on float32 copies (the user's model is not
+            touched). For methods whose map is the small differences between the copies' scores,
+            which half precision would round away.
 
     Returns:
         :class:`TailScores`: the ``[N]`` scores and the path taken.
@@ -165,6 +242,9 @@ def score_layer_copies(
         return run if transform_outputs is None else (lambda chunk: transform_outputs(run(chunk)))
 
     cut = checked_split(model, layer, x, raw, outputs) if split and count else None
+    if cut is not None and float32_tail and _runs_in_half_precision(model, device):
+        cut = _float32_split(cut)
+        make_copies = _float32_copies(make_copies)
     if cut is not None and cut.prefix is None:
         scores = batched_target_scores(finish(cut.rest), count, make_copies, targets_for, **common)
         return TailScores(scores.to(device), "split")
