@@ -106,16 +106,11 @@ class CAMWrapper:
     ) -> torch.Tensor:
         """The maps as a tensor on the model's device (what calling the wrapper returns as numpy).
 
-        Args:
-            input_tensor: ``[B, C, H, W]`` (or ``[B, C, D, H, W]``) float tensor.
-            targets: one callable per image, or None for each image's top class.
-            aug_smooth: average over test-time augmentations.
-            eigen_smooth: passed to the base method.
-            per_layer: one map per target layer, ``[B, L, *S]``, where the
-                wrapper supports it (``capabilities.per_layer``).
-
-        Returns:
-            float32 maps in [0, 1]: ``[B, *S]``, or ``[B, L, *S]`` with ``per_layer``.
+        The arguments and the result are those of
+        :meth:`camlib.base_cam.BaseCAM.compute`; ``eigen_smooth`` is passed to
+        the base method and ``per_layer`` works where the wrapper supports it
+        (``capabilities.per_layer``). A wrapper changes what this computes by
+        overriding :meth:`wrapped_maps` or :meth:`aggregate`.
         """
         return self.wrapped_maps(input_tensor, targets, aug_smooth, eigen_smooth, per_layer)
 

@@ -78,15 +78,7 @@ class TransformerAttribution(AttentionCAM):
     Cost: one forward and one backward pass.
     Output: ``np.float32 [B, H, W]`` in [0, 1].
 
-    Args:
-        model: a vision transformer.
-        target_layers: ignored (may be empty).
-        reshape_transform: lays per-token values ``[B, N, 1]`` out as
-            ``[B, 1, h, w]``; None infers the patch grid.
-        **kwargs: the other :class:`~camlib.base_cam.BaseCAM` arguments.
-
-    Raises:
-        ValueError: the model has no attention module (a CNN).
+    The arguments are :class:`~camlib.utils.attention.AttentionCAM`'s.
 
     Example:
         >>> import torch, torchvision

@@ -655,13 +655,7 @@ class AttentionCAM(BaseCAM):
         self.attention_modules = global_attention_modules(model)
         self.class_token = has_class_token(model)
 
-    def capture(
-        self,
-        x: torch.Tensor,
-        targets: Optional[list] = None,
-        *,
-        default_targets: Optional[Callable[[torch.Tensor], list]] = None,
-    ) -> Capture:
+    def capture(self, x: torch.Tensor, targets: Optional[list] = None, *, default_targets=None) -> Capture:
         """One forward pass recording the attention of :attr:`attention_modules`, and
         their gradients when the method needs them (see :func:`attention_pass`)."""
         return attention_pass(
