@@ -33,6 +33,12 @@ Suites:
 * ``score-methods``: SSCAM, ISCAM and SmoothGradCAMpp against torchcam's
   (resnet18 ``layer4[-1]``, ``--methods-batch`` images of ``--methods-size``
   pixels, ``--methods-samples`` samples, 64 masked inputs per forward).
+* ``reciprocam``: ReciproCAM on resnet50 ``layer4[-1]``, batch 8 at 224x224
+  (``--recipro-model``, ``--recipro-batch``), against one forward pass, GradCAM
+  and ScoreCAM in the same rounds (``benchmarks/bench_fast_methods.py``'s
+  ``reciprocam_suite``): ScoreCAM runs whole on ``--recipro-scorecam-images``
+  images (scaled to the batch; by default the whole batch on CUDA, none on the
+  CPU) and its forward passes alone are always timed (a floor).
 * ``leak``: 1000 consecutive GradCAM calls on resnet18 (one 224x224 image):
   growth of the resident set, and whether any tensor the autograd graph saved
   is still alive after a call (tracked with ``saved_tensors_hooks``).
@@ -64,6 +70,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import importlib.util
 import io
 import json
 import os
@@ -654,6 +661,22 @@ def autocast_suite(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def reciprocam_suite(args: argparse.Namespace) -> list[dict]:
+    spec = importlib.util.spec_from_file_location("bench_fast_methods", Path(__file__).with_name("bench_fast_methods.py"))
+    fast = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fast)
+    images = args.recipro_scorecam_images
+    if images is None:
+        images = args.recipro_batch if args.device.startswith("cuda") else 0
+    result = fast.reciprocam_suite(argparse.Namespace(
+        model=args.recipro_model, batch=args.recipro_batch, size=args.size, device=args.device,
+        rounds=args.recipro_rounds, recipro_batch_size=64, scorecam_images=images, scorecam_rounds=1,
+        scorecam_batch_size=args.scorecam_chunk, scorecam_chunk_rounds=3,
+    ))  # fmt: skip
+    print(fast.markdown(result), flush=True)
+    return [{"suite": "reciprocam", **result}]
+
+
 SUITES = {
     "gradient": gradient_suite,
     "ablation": ablation_suite,
@@ -661,6 +684,7 @@ SUITES = {
     "memory": memory_suite,
     "scorecam-large": scorecam_large_suite,
     "score-methods": score_methods_suite,
+    "reciprocam": reciprocam_suite,
     "leak": leak_suite,
     "autocast": autocast_suite,
 }
@@ -697,6 +721,17 @@ def markdown(results: list[dict], info: dict) -> str:
                        f"{_cell(r, 'camlib')} | {_cell(r, 'grad-cam')} | {_cell(r, 'torchcam')} | "
                        f"{vs[0]} | {vs[1]} |")
         out.append("")
+    recipro = [r for r in results if r["suite"] == "reciprocam"]
+    for r in recipro:
+        m = r["median_s"]
+        out += [f"### ReciproCAM ({r['model']} `layer4[-1]`, batch {r['batch']}, {r['size']}x{r['size']})", "",
+                "| | median | / forward | / GradCAM | / ReciproCAM |", "|---|---:|---:|---:|---:|"]
+        for name in ("forward", "GradCAM", "ReciproCAM", "ScoreCAM", "ScoreCAM floor"):
+            if name in m:
+                out.append(f"| {name} | {_ms(m[name])} | {m[name] / m['forward']:.2f}x | "
+                           f"{m[name] / m['GradCAM']:.2f}x | {m[name] / m['ReciproCAM']:.2f}x |")
+        out += ["", f"ReciproCAM path: {r['paths']}; ScoreCAM run whole on {r['scorecam_images']} image(s) "
+                "(scaled to the batch); floor: its forward passes alone.", ""]
     ablation = [r for r in results if r["suite"] == "ablation"]
     if ablation:
         what = "one image" if ablation[0]["batch"] == 1 else f"batch {ablation[0]['batch']}"
@@ -811,6 +846,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--methods-size", type=int, default=64)
     parser.add_argument("--methods-samples", type=int, default=2)
     parser.add_argument("--methods-rounds", type=int, default=3)
+    parser.add_argument("--recipro-model", default="resnet50")
+    parser.add_argument("--recipro-batch", type=int, default=8)
+    parser.add_argument("--recipro-rounds", type=int, default=3)
+    parser.add_argument("--recipro-scorecam-images", type=int, default=None,
+                        help="images ScoreCAM runs whole on in the reciprocam suite (default: the batch on CUDA, 0 on the CPU)")
     parser.add_argument("--leak-calls", type=int, default=1000)
     parser.add_argument("--leak-warmup", type=int, default=20)
     parser.add_argument("--leak-reference", action="store_true", help="also run the leak suite on grad-cam")

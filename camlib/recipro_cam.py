@@ -219,6 +219,13 @@ class ReciproCAM(BaseCAM):
         self.kernel = kernel
         self.softmax = softmax
         self.last_paths: list[str] = []
+        #: The torch.fx split of the model per target layer, traced on the first call (checked on every call).
+        self.split_cache: dict = {}
+
+    def release(self) -> None:
+        """Remove any hook still attached and forget the cached splits of the model."""
+        self.split_cache.clear()
+        super().release()
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         """Each layer's map of per-position scores ``[B, *s]``; the paths taken go to :attr:`last_paths`."""
@@ -257,6 +264,7 @@ class ReciproCAM(BaseCAM):
             split=self.split_model,
             transform_outputs=(lambda out: class_probabilities(out, self.model_scores)) if self.softmax else None,
             float32_tail=True,
+            split_cache=self.split_cache,
         )
         check_finite_scores(scores, "the target score of a copy", "ReciproCAM's map would be NaN")
         scores = scores.float().reshape(batch, positions)

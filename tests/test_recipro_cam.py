@@ -253,3 +253,52 @@ def test_errors():
         cam(torch.randn(1, 3, 5, 5), [ClassifierOutputTarget(0)])
     with pytest.raises(ValueError, match="needs the target layer to return a tensor"):
         reciprocal_copies((torch.ones(1, 2, 2, 2),), (1, 2, 2, 2), 0, position_masks((2, 2)), torch.arange(4))
+
+
+def test_split_traced_once_and_again_when_the_model_changes(monkeypatch):
+    import camlib.utils.tail_scoring as tail_scoring
+
+    traced = []
+    original = tail_scoring.split_after_layer
+
+    def counting(model, layer):
+        traced.append(layer)
+        return original(model, layer)
+
+    monkeypatch.setattr(tail_scoring, "split_after_layer", counting)
+    model = ConvGapLinear(W, B).eval()
+    cam = ReciproCAM(model, [model.conv], kernel="point", softmax=False, progress=False)
+    first = cam(X, [ClassifierOutputTarget(0)])
+    second = cam(X, [ClassifierOutputTarget(0)])
+    assert len(traced) == 1 and np.array_equal(first, second) and cam.last_paths == ["split"]
+    # a swapped head: the cached split no longer reproduces the output, so it is traced again
+    model.fc = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        model.fc.weight.copy_(-torch.tensor(W))
+        model.fc.bias.zero_()
+    flipped = cam(X, [ClassifierOutputTarget(0)])
+    assert len(traced) == 2 and cam.last_paths == ["split"]
+    np.testing.assert_allclose(flipped[0], 1 - np.array([[5, 3, 6], [2.5, 7, 4], [3, 4.5, 0]]) / 7, atol=1e-5)
+    cam.release()
+    assert cam.split_cache == {}
+
+
+@pytest.mark.slow  # a dozen resnet18 forward passes
+def test_bench_cam_reports_reciprocam_against_forward_gradcam_and_scorecam(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cam.py"
+    spec = importlib.util.spec_from_file_location("bench_cam_recipro", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (row,) = bench.main([
+        "--suites", "reciprocam", "--recipro-model", "resnet18", "--recipro-batch", "2", "--size", "32",
+        "--recipro-rounds", "1", "--recipro-scorecam-images", "1", "--scorecam-chunk", "64",
+    ])  # fmt: skip
+    assert row["suite"] == "reciprocam" and row["paths"] == ["split"]
+    medians = row["median_s"]
+    assert {"forward", "GradCAM", "ReciproCAM", "ScoreCAM", "ScoreCAM floor"} <= set(medians)
+    assert row["recipro_over_forward"] == medians["ReciproCAM"] / medians["forward"] > 0
+    assert row["scorecam_over_recipro"] == medians["ScoreCAM"] / medians["ReciproCAM"]
+    assert "### ReciproCAM (resnet18" in capsys.readouterr().out

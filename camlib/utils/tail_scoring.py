@@ -126,20 +126,41 @@ def _count(activation: Any) -> int:
 
 
 def checked_split(
-    model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, raw: Any, outputs: Any
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    raw: Any,
+    outputs: Any,
+    cache: Optional[dict] = None,
 ) -> Optional[LayerSplit]:
     """The split of ``model`` after ``layer``, if it reproduces ``outputs`` from ``raw`` (the
-    layer's output on ``x``); None when the model cannot be split there or the split disagrees."""
-    split = split_after_layer(eager_module(model), layer)
+    layer's output on ``x``); None when the model cannot be split there or the split disagrees.
+
+    ``cache``: a dict the caller keeps between calls (a CAM object's), so the model is traced once
+    per layer, not once per call. A cached split is still checked against ``outputs`` on every
+    call, and traced again if it no longer reproduces them (the model was changed)."""
+    eager = eager_module(model)
+    key = (eager, layer)
+    cached = cache is not None and key in cache
+    split = cache[key] if cached else split_after_layer(eager, layer)
+    if cache is not None:
+        cache[key] = split
     if split is None:
         return None
-    with torch.no_grad():
-        side = () if split.prefix is None else split.prefix(x.clone())
-        reproduced = split.rest(_clone(raw), *side)
-    if not outputs_match(reproduced, outputs):
+    if not _reproduces(split, x, raw, outputs):
+        if cached:
+            cache.pop(key, None)
+            return checked_split(model, layer, x, raw, outputs, cache)
         logger.debug("the split model does not reproduce the model's output; running the whole model")
         return None
     return split
+
+
+def _reproduces(split: LayerSplit, x: torch.Tensor, raw: Any, outputs: Any) -> bool:
+    with torch.no_grad():
+        side = () if split.prefix is None else split.prefix(x.clone())
+        reproduced = split.rest(_clone(raw), *side)
+    return outputs_match(reproduced, outputs)
 
 
 def _runs_in_half_precision(model: torch.nn.Module, device: torch.device) -> bool:
@@ -202,6 +223,7 @@ def score_layer_copies(
     split: bool = True,
     transform_outputs: Optional[Callable[[Any], Any]] = None,
     float32_tail: bool = False,
+    split_cache: Optional[dict] = None,
 ) -> TailScores:
     """Target scores of modified copies of ``layer``'s output, run through the rest of the model.
 
@@ -226,6 +248,8 @@ def score_layer_copies(
             the part after the layer, autocast off, on float32 copies (the user's model is not
             touched). For methods whose map is the small differences between the copies' scores,
             which half precision would round away.
+        split_cache: a dict kept between calls to trace the model once per layer (see
+            :func:`checked_split`).
 
     Returns:
         :class:`TailScores`: the ``[N]`` scores and the path taken.
@@ -241,7 +265,7 @@ def score_layer_copies(
     def finish(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return run if transform_outputs is None else (lambda chunk: transform_outputs(run(chunk)))
 
-    cut = checked_split(model, layer, x, raw, outputs) if split and count else None
+    cut = checked_split(model, layer, x, raw, outputs, split_cache) if split and count else None
     if cut is not None and float32_tail and _runs_in_half_precision(model, device):
         cut = _float32_split(cut)
         make_copies = _float32_copies(make_copies)
