@@ -27,7 +27,7 @@ from torch import nn
 
 from camlib.cli.inputs import TargetSpec, UsageError, parse_targets
 from camlib.cli.outputs import OVERLAY_FORMATS
-from camlib.models.loading import size_pair
+from camlib.models.loading import rgb_triple, size_pair
 from camlib.registry import get_method, method_names
 
 __all__ = ["SAVE_KINDS", "ExplainSettings", "add_explain_arguments"]
@@ -215,12 +215,10 @@ def _check_size(image_size: Union[int, Sequence[int], None]) -> Optional[Tuple[i
 
 
 def _check_triple(name: str, values: Optional[Sequence[float]]) -> Optional[Tuple[float, ...]]:
-    if values is None:
-        return None
-    values = tuple(float(v) for v in values)
-    if len(values) != 3:
-        raise UsageError(f"{name} takes three values (R G B), got {len(values)}")
-    return values
+    try:
+        return rgb_triple(name, values)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

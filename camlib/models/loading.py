@@ -33,7 +33,7 @@ from camlib.models.layers import (
 )
 from camlib.utils.model_state import eval_mode
 
-__all__ = ["LoadedModel", "layer_path", "load_model", "size_pair"]
+__all__ = ["LoadedModel", "layer_path", "load_model", "rgb_triple", "size_pair"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,16 @@ def size_pair(image_size: Union[int, Sequence[int], None]) -> Optional[Tuple[int
     return (int(values[0]), int(values[0])) if len(values) == 1 else (int(values[0]), int(values[1]))
 
 
-def _triple(name: str, values: Optional[Sequence[float]]) -> Optional[Tuple[float, ...]]:
+def rgb_triple(name: str, values: Optional[Sequence[float]]) -> Optional[Tuple[float, ...]]:
+    """Three numbers (a per-channel mean or std) as a tuple of floats; None stays None.
+
+    Raises:
+        ValueError: If there are not exactly three values (the message names ``name``).
+
+    Example:
+        >>> rgb_triple("mean", [0, 0.5, 1]), rgb_triple("std", None)
+        ((0.0, 0.5, 1.0), None)
+    """
     if values is None:
         return None
     result = tuple(float(v) for v in values)
@@ -158,8 +167,8 @@ def load_model(
         TypeError: If ``model`` is neither a name nor a module.
     """
     size = size_pair(image_size)
-    mean = _triple("mean", mean)
-    std = _triple("std", std)
+    mean = rgb_triple("mean", mean)
+    std = rgb_triple("std", std)
     if isinstance(model, str):
         vit_size = size[0] if size is not None and size[0] == size[1] else None
         net = build_model(model, weights, num_classes, resolve_device(device), image_size=vit_size)

@@ -84,11 +84,12 @@ def _lookup(output: Any, keys: Sequence[str]) -> Any:
     return None
 
 
-def _first_tensor(items: Sequence) -> Any:
-    for item in items:
-        if isinstance(item, torch.Tensor):
-            return item
-    return None
+def _find(output: Any, keys: Sequence[str]) -> Any:
+    """The tensor under the first of ``keys`` present, else a tuple's or list's first tensor, else None."""
+    found = _lookup(output, keys)
+    if found is None and isinstance(output, (list, tuple)):
+        found = next((item for item in output if isinstance(item, torch.Tensor)), None)
+    return found
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -128,9 +129,7 @@ def logits_of(output: Any) -> torch.Tensor:
             "tensor of class scores; explain detections with FasterRCNNBoxScoreTarget (e.g. "
             "FasterRCNNBoxScoreTarget.from_detections(detections) built from a torch.no_grad() forward pass)"
         )
-    found = _lookup(output, LOGIT_KEYS)
-    if found is None and isinstance(output, (list, tuple)):
-        found = _first_tensor(output)
+    found = _find(output, LOGIT_KEYS)
     if found is not None:
         return found
     raise TypeError(
@@ -166,9 +165,7 @@ def embedding_of(output: Any) -> torch.Tensor:
     """
     if isinstance(output, torch.Tensor):
         return output
-    found = _lookup(output, EMBEDDING_KEYS)
-    if found is None and isinstance(output, (list, tuple)):
-        found = _first_tensor(output)
+    found = _find(output, EMBEDDING_KEYS)
     if found is not None:
         return found
     raise TypeError(
