@@ -7,9 +7,12 @@ Usage::
     python benchmarks/quality.py --quick                 # smoke run (seconds), into out/quality-quick/
 
 Every method of ``camlib.registry`` (a newly registered one included, with no
-change here) explains the demo model
-(``camlib.demo.load_demo_model``) on held-out images of the demo's test split,
-whose objects have pixel-exact masks. Each (image, present class) pair is one
+change here) explains a demo model on held-out images of the demo's test
+split, whose objects have pixel-exact masks: the CNN methods explain the demo
+CNN (``camlib.demo.load_demo_model``); the attention methods (capability
+``needs_attention``), and a few CNN-style methods for comparison, explain the
+demo ViT (``camlib.demo.vit.load_demo_vit``, a ViT head over the demo CNN's
+features, trained on the same data). Each (image, present class) pair is one
 sample; the map explains that class. For each method the script measures:
 
 * localisation against the mask: the pointing game (tolerance 15 px at 224,
@@ -37,6 +40,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -51,15 +55,23 @@ import torch.nn.functional as F
 import camlib
 import camlib.metrics as cm
 from camlib import GradCAM
-from camlib.demo import CLASS_NAMES, demo_preprocess, demo_target_layers, load_demo_model, make_batch
+from camlib.demo import (
+    CLASS_NAMES,
+    demo_preprocess,
+    demo_target_layers,
+    load_demo_model,
+    load_model_card,
+    make_batch,
+)
 from camlib.demo.model import DEMO_MEAN, DEMO_STD
+from camlib.demo.vit import demo_vit_target_layers, load_demo_vit, load_vit_model_card
 from camlib.registry import make_cam
 from camlib.registry import methods as registered_methods
 from camlib.sobel_cam import sobel_cam
 from camlib.utils.image import show_cam_on_image
 from camlib.utils.model_targets import ClassifierOutputTarget
 
-__all__ = ["Method", "SigmoidTarget", "main", "methods", "run"]
+__all__ = ["MODELS", "DemoModel", "Method", "SigmoidTarget", "main", "methods", "run"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +104,11 @@ DISPLAY = {
 SETTINGS: Dict[str, Dict] = {
     "refinecam": {"layers": (4, 6, 7), "note": "features[4], [6], [7]"},
     "sess": {"options": {"num_scales": 3}, "note": "3 scales"},
+    "sscam": {"options": {"num_samples": 8}, "note": "8 noise samples"},
 }
+#: Presentation only: the CNN-style methods also run on the demo ViT (at ``encoder.layers[-1].ln_1``,
+#: tokens laid out on the 8 x 8 grid), next to every method that needs attention (those run only there).
+VIT_CNN_STYLE = ("gradcam", "gradcam++", "layercam", "scorecam", "eigencam", "ablationcam")
 GROUND_TRUTH, RANDOM_MAP, SOBEL = "ground-truth mask", "random map", "Sobel edges"
 #: The random map's resolution before upsampling, that of the demo's feature map.
 RANDOM_GRID = 8
@@ -105,6 +121,8 @@ FIGURES = {
     "overview": "images/quality/overview.jpg",
     "curves": "images/quality/curves.png",
     "randomisation": "images/quality/randomisation.jpg",
+    "grid_vit": "images/quality/methods_vit.jpg",
+    "curves_vit": "images/quality/curves_vit.png",
     "json": "images/quality/results.json",
 }
 
@@ -151,18 +169,52 @@ class Samples:
         return len(self.classes)
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoModel:
+    """A model the methods explain: how to load it, its target layers and its randomisation steps.
+
+    ``randomise`` names the modules re-initialised by the randomisation test,
+    one per step from the top (cascading): the classifier head, then the rest
+    (``""``: the whole model).
+    """
+
+    key: str
+    title: str
+    load: Callable
+    target_layers: Callable
+    randomise: tuple
+    row_prefix: str  # before the method's name in the results' keys ("" for the CNN: the keys of earlier runs)
+
+
+MODELS: Dict[str, DemoModel] = {
+    "cnn": DemoModel("cnn", "demo CNN", load_demo_model, demo_target_layers, ("fc", "features"), ""),
+    "vit": DemoModel(
+        "vit", "demo ViT", load_demo_vit, demo_vit_target_layers, ("heads", ""), "ViT: "
+    ),
+}
+
+
 @dataclasses.dataclass
 class Method:
     """One row of the table.
 
     ``build(model, target_layers, sample_indices)`` returns an explainer called
-    as ``explainer(input_tensor=..., targets=...)`` on those samples.
+    as ``explainer(input_tensor=..., targets=...)`` on those samples; ``key`` is
+    the registered name (or the baseline's name), ``model`` the key of the
+    :data:`MODELS` entry it explains.
     """
 
     name: str
     build: Callable
     baseline: bool = False
     note: str = ""
+    key: str = ""
+    model: str = "cnn"
+
+    @property
+    def row(self) -> str:
+        """The row's key in the results: the name, after the model's prefix."""
+        return MODELS[self.model].row_prefix + self.name
 
 
 def load_samples(num_images: int, size: int = 128) -> Samples:
@@ -223,16 +275,17 @@ def ground_truth_maps(masks: np.ndarray, epsilon: float = 1e-3) -> np.ndarray:
 def methods(samples: Samples, names: Optional[Sequence[str]] = None, seed: int = 0, batch_size: int = 64) -> List[Method]:
     """Every method of the table (or those in ``names``), baselines last."""
 
-    def cam_method(name: str, title: str) -> Method:
+    def cam_method(name: str, title: str, model_key: str) -> Method:
         settings = SETTINGS.get(name, {})
 
         def build(model, layers, _indices):
-            if "layers" in settings:
+            if "layers" in settings and model_key == "cnn":
                 layers = [model.features[i] for i in settings["layers"]]
             options = {"batch_size": batch_size, "progress": False, **settings.get("options", {})}
             return make_cam(name, model, layers, **options)
 
-        return Method(DISPLAY.get(name, title), build, note=settings.get("note", ""))
+        note = settings.get("note", "") if model_key == "cnn" or "layers" not in settings else ""
+        return Method(DISPLAY.get(name, title), build, note=note, key=name, model=model_key)
 
     ranked_masks = ground_truth_maps(samples.masks)
 
@@ -251,21 +304,29 @@ def methods(samples: Samples, names: Optional[Sequence[str]] = None, seed: int =
     def sobel(_model, _layers, _indices):
         return lambda input_tensor, targets: _unit(np.stack([sobel_cam(img) for img in _unnormalise(input_tensor)]))
 
-    registry = [info for info in registered_methods() if not info.capabilities.needs_attention]  # a CNN demo
-    rows = [cam_method(info.name, info.title) for info in registry]
+    def baselines(model_key: str) -> List[Method]:
+        return [
+            Method(GROUND_TRUTH, ground_truth, True, "ties broken by distance to the edge", GROUND_TRUTH, model_key),
+            Method(RANDOM_MAP, random_map, True, "", RANDOM_MAP, model_key),
+            Method(SOBEL, sobel, True, "", SOBEL, model_key),
+        ]
+
+    registry = list(registered_methods())
+    rows = [cam_method(info.name, info.title, "cnn") for info in registry if not info.capabilities.needs_attention]
+    rows += baselines("cnn")
     rows += [
-        Method(GROUND_TRUTH, ground_truth, baseline=True, note="ties broken by distance to the edge"),
-        Method(RANDOM_MAP, random_map, baseline=True),
-        Method(SOBEL, sobel, baseline=True),
+        cam_method(info.name, info.title, "vit")
+        for info in registry
+        if info.capabilities.needs_attention or info.name in VIT_CNN_STYLE
     ]
+    rows += baselines("vit")
     if names:
         wanted = {name.lower() for name in names}
-        known = {row.name.lower() for row in rows} | {info.name for info in registry}
+        known = {row.name.lower() for row in rows} | {row.row.lower() for row in rows} | {row.key for row in rows}
         unknown = wanted - known
         if unknown:
-            raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {[row.name for row in rows]}")
-        keys = {DISPLAY.get(info.name, info.title).lower() for info in registry if info.name in wanted}
-        rows = [row for row in rows if row.name.lower() in wanted | keys]
+            raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {[row.row for row in rows]}")
+        rows = [row for row in rows if wanted & {row.name.lower(), row.row.lower(), row.key}]
     return rows
 
 
@@ -339,7 +400,7 @@ def randomisation(method: Method, model, layers, samples: Samples, config: argpa
         lambda m, target_layers: method.build(m, target_layers, indices),
         model,
         layers,
-        layers=["fc", "features"],
+        layers=list(MODELS[method.model].randomise),
         seed=config.seed,
         progress=False,
     )
@@ -444,8 +505,11 @@ def curves_figure(results: Dict[str, Dict], names: Sequence[str]) -> np.ndarray:
     return np.concatenate([figure, legend], axis=0)
 
 
-def randomisation_figure(model, layers, samples: Samples, index: int, seed: int, size: int = 96) -> tuple[np.ndarray, list]:
+def randomisation_figure(
+    model, spec: DemoModel, samples: Samples, index: int, seed: int, size: int = 96
+) -> tuple[np.ndarray, list]:
     """Grad-CAM of one sample as the layers are randomised from the top (cascading)."""
+    layers = spec.target_layers(model)
     check = cm.ModelParameterRandomisation(GradCAM, model, layers, seed=seed, return_maps=True, progress=False)
     result = check(samples.x[index : index + 1], [ClassifierOutputTarget(samples.classes[index])])
     maps = [result.original[0], *(m[0] for m in result.randomised)]
@@ -488,6 +552,27 @@ def _pick_samples(samples: Samples, count: int) -> List[int]:
 # -- report ----------------------------------------------------------------------------------------------
 
 
+def _model_info(key: str, model, samples: Samples) -> Dict:
+    """What the report says about a model: its held-out accuracy (from its card) and on these samples."""
+    card = load_model_card() if key == "cnn" else load_vit_model_card()
+    heldout = card["heldout"]
+    images = np.unique(samples.image_index)
+    with torch.no_grad():
+        logits = model(samples.x[np.searchsorted(samples.image_index, images)]).numpy()
+    present = np.zeros_like(logits, dtype=bool)
+    for i, c in zip(samples.image_index, samples.classes):
+        present[np.searchsorted(images, i), c] = True
+    return {
+        "title": MODELS[key].title,
+        "heldout_images": heldout["n_images"],
+        "heldout_mAP": heldout["mAP"],
+        "heldout_exact_match": heldout["exact_match_accuracy"],
+        "heldout_per_label_accuracy": heldout["per_label_accuracy"],
+        "samples_exact_match": float(((logits > 0) == present).all(axis=1).mean()),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -523,10 +608,10 @@ def _best(rows: List[str], results: Dict, key: str, direction: str, fmt: str) ->
     return {name for name in candidates if shown(name) == shown(top)}
 
 
-def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str]) -> None:
-    names = list(results)
-    methods_rows = [n for n in names if not results[n]["baseline"]]
-    baseline_rows = [n for n in names if results[n]["baseline"]]
+def _table(results: Dict, rows: List[str]) -> List[str]:
+    """The Markdown table of some rows (methods first, then baselines), best methods in bold."""
+    methods_rows = [n for n in rows if not results[n]["baseline"]]
+    baseline_rows = [n for n in rows if results[n]["baseline"]]
     arrows = {"higher": "↑", "lower": "↓", "zero": "→0"}
     header = "| Method | " + " | ".join(f"{title} {arrows[d]}" for _, title, d, _ in COLUMNS) + " | Map time ms/img |"
     rule = "|" + "---|" * (len(COLUMNS) + 2)
@@ -537,21 +622,102 @@ def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str])
         for key, _, _, fmt in COLUMNS:
             text = fmt.format(results[name]["mean"][key])
             cells.append(f"**{text}**" if name in best[key] else text)
-        label = name if not results[name]["note"] else f"{name} <sub>{results[name]['note']}</sub>"
+        shown = results[name].get("name", name)
+        label = shown if not results[name]["note"] else f"{shown} <sub>{results[name]['note']}</sub>"
         label = f"*{label}*" if results[name]["baseline"] else label
         return f"| {label} | " + " | ".join(cells) + f" | {results[name]['ms_per_image']:.1f} |"
 
-    sems = {key: float(np.median([results[n]["sem"][key] for n in names])) for key, _, _, _ in COLUMNS}
-    typical = ", ".join(f"{title} ±{fmt.format(sems[key])}" for key, title, _, fmt in COLUMNS)
+    return [header, rule, *[row(n) for n in methods_rows], *[row(n) for n in baseline_rows]]
+
+
+def _typical_sem(results: Dict, rows: List[str]) -> Dict[str, float]:
+    return {key: float(np.median([results[n]["sem"][key] for n in rows])) for key, _, _, _ in COLUMNS}
+
+
+def _reading(results: Dict, rows: List[str]) -> List[str]:
+    """Bullets read off a table: the leaders of each kind of metric, and the rows no better than noise."""
+    methods_rows = [n for n in rows if not results[n]["baseline"] and not results[n]["same_maps_as"]]
+    random_row = next((n for n in rows if results[n].get("name", n) == RANDOM_MAP), None)
+    if not methods_rows:
+        return []
+    mean = {n: results[n]["mean"] for n in rows}
+    sem = {n: results[n]["sem"] for n in rows}
+    shown = {n: results[n].get("name", n) for n in rows}
+
+    def leaders(key: str, sign: float, count: int = 3) -> str:
+        ranked = sorted(methods_rows, key=lambda n: -sign * mean[n][key])
+        top = ranked[0]
+        # every method within twice the leader's standard error, at most `count` of them (then "...")
+        close = [n for n in ranked if sign * (mean[top][key] - mean[n][key]) <= 2 * max(sem[top][key], 1e-9)]
+        names = ", ".join(f"{shown[n]} ({mean[n][key]:.3g})" for n in close[:count])
+        return names + (f" and {len(close) - count} more within noise" if len(close) > count else "")
+
+    lines = [
+        f"- Localisation (share of the map inside the mask): {leaders('energy_mask', 1)}; "
+        f"pointing game: {leaders('pointing_game', 1)}.",
+        f"- Faithfulness: lowest deletion AUC {leaders('deletion', -1)}; highest insertion AUC "
+        f"{leaders('insertion', 1)}; highest ROAD {leaders('road', 1)}.",
+    ]
+    if random_row is not None:
+        noise = [
+            n
+            for n in methods_rows
+            if mean[n]["energy_mask"] - mean[random_row]["energy_mask"]
+            <= 2 * np.hypot(sem[n]["energy_mask"], sem[random_row]["energy_mask"])
+        ]
+        if noise:
+            lines.append(
+                "- No better than the random map at putting energy on the object (within two standard errors): "
+                + ", ".join(shown[n] for n in noise)
+                + "."
+            )
+    fixed = [n for n in methods_rows if mean[n]["rho_all"] > 0.5]
+    if fixed:
+        lines.append(
+            "- Fail the randomisation test (rho above 0.5 with every layer randomised: the map stays the same "
+            "on a random network, so it shows the image more than the model): "
+            + ", ".join(f"{shown[n]} ({mean[n]['rho_all']:.2f})" for n in fixed)
+            + "."
+        )
+    return lines
+
+
+def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str]) -> None:
+    names = list(results)
+    for name in names:  # results of runs before the ViT table: every row explains the CNN
+        results[name].setdefault("model", "cnn")
+    cnn_rows = [n for n in names if results[n]["model"] == "cnn"]
+    vit_rows = [n for n in names if results[n]["model"] == "vit"]
+    models = info.get("models", {})
+
+    def typical(rows: List[str]) -> str:
+        sems = _typical_sem(results, rows)
+        return ", ".join(f"{title} ±{fmt.format(sems[key])}" for key, title, _, fmt in COLUMNS)
+
+    def accuracy(key: str) -> str:
+        if key not in models:
+            return ""
+        m = models[key]
+        return (
+            f" Held-out accuracy (its model card, {m['heldout_images']} test images): mAP {m['heldout_mAP']:.3f}, "
+            f"exact-match accuracy {100 * m['heldout_exact_match']:.1f} %, per-label accuracy "
+            f"{100 * m['heldout_per_label_accuracy']:.1f} %; on the images of this table it gets "
+            f"{100 * m['samples_exact_match']:.0f} % of the label vectors exactly right."
+        )
+
     rand_note = "; ".join(f"{caption} {rho:.2f}" for caption, rho in info["randomisation_strip"])
+    strip_model = models.get(info.get("randomisation_strip_model", "cnn"), {}).get("title", "demo CNN")
     lines = [
         "# Quality of the maps on ground truth",
         "",
-        "Every method explains the bundled demo model (`camlib.demo`, a small multi-label CNN) on held-out "
-        "images of the demo's procedural test split, whose objects come with pixel-exact masks. Each "
-        f"(image, present class) pair is one sample: **{info['samples']} samples from {info['images']} images** "
-        f"(test split indices 0..{info['images'] - 1}), 128 x 128 pixels. The map explains that class; "
-        "the metrics score the class's sigmoid probability (the model is multi-label).",
+        "Every registered method explains a bundled demo model on held-out images of the demo's procedural "
+        "test split, whose objects come with pixel-exact masks: the CNN methods explain the demo CNN "
+        "(`camlib.demo.load_demo_model`), the transformer methods (attention rollout, transformer attribution, "
+        "LeGrad) and a few CNN-style methods for comparison explain the demo ViT (`camlib.demo.vit.load_demo_vit`). "
+        "Each (image, present class) pair is one sample: "
+        f"**{info['samples']} samples from {info['images']} images** (test split indices 0..{info['images'] - 1}), "
+        "128 x 128 pixels. The map explains that class; the metrics score the class's sigmoid probability "
+        "(both models are multi-label).",
         "",
         "Generated by `benchmarks/quality.py`; do not edit by hand.",
         "",
@@ -565,22 +731,55 @@ def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str])
         f"and {info['load_after']} after (1, 5, 15 min; the machine is shared, so the wall time depends on "
         "what else runs)",
         "",
-        "## Table",
-        "",
         "Means over the samples; the best methods in each column in bold, ties at the shown precision included "
         "(baselines, in italics, are not ranked). "
-        "Methods whose maps are identical to an earlier row's (to 1e-5) share its scores, except the "
-        "randomisation test, which is run for each: with a global-average-pooling + linear head, Grad-CAM, "
-        "HiResCAM, XGradCAM, ShapleyCAM and the original CAM coincide exactly.",
-        "",
-        header,
-        rule,
-        *[row(n) for n in methods_rows],
-        *[row(n) for n in baseline_rows],
-        "",
-        f"Typical standard error of a mean (median over the rows): {typical}. Differences smaller than about "
-        "twice these are noise at this sample size. Every per-sample number is in "
+        "Methods whose maps are identical to an earlier row's of the same model (to 1e-5) share its scores, "
+        "except the randomisation test, which is run for each. Every per-sample number is in "
         f"[`{figures['json']}`]({figures['json']}).",
+        "",
+    ]
+    if cnn_rows:
+        lines += [
+            "## Demo CNN",
+            "",
+            "`camlib.demo.DemoNet`: five Conv-BN-ReLU blocks, global average pooling and one linear layer (`fc`); "
+            "target layer `features[-1]` (8 x 8)." + accuracy("cnn") + " With a global-average-pooling + linear "
+            "head, Grad-CAM, HiResCAM, XGradCAM, ShapleyCAM and the original CAM coincide exactly.",
+            "",
+            *_table(results, cnn_rows),
+            "",
+            f"Typical standard error of a mean (median over the rows): {typical(cnn_rows)}. Differences smaller "
+            "than about twice these are noise at this sample size.",
+            "",
+        ]
+    if vit_rows:
+        lines += [
+            "## Demo ViT",
+            "",
+            "`camlib.demo.vit.DemoViT`: torchvision's `VisionTransformer` (3 blocks, 4 heads, width 64, a class "
+            "token) whose patch embedding is the demo CNN's `features` (frozen) and a 1 x 1 convolution: a ViT "
+            "head over the demo features, 64 patch tokens on an 8 x 8 grid, trained on the demo data by "
+            "`python -m camlib.demo.train_vit`." + accuracy("vit") + " The attention methods read every "
+            "block's attention (LeGrad: the last two blocks, its default); the CNN-style methods explain "
+            "`encoder.layers[-1].ln_1`, the class token dropped and the patch tokens laid on the grid.",
+            "",
+            *_table(results, vit_rows),
+            "",
+            f"Typical standard error of a mean (median over the rows): {typical(vit_rows)}.",
+            "",
+        ]
+    lines += ["## Reading", ""]
+    for key, rows in (("cnn", cnn_rows), ("vit", vit_rows)):
+        bullets = _reading(results, rows)
+        if bullets:
+            lines += [f"On the {MODELS[key].title} (read off the table by the script):", "", *bullets, ""]
+    lines += [
+        "Caveats: the demo's objects are large, high-contrast shapes, so the ground-truth mask is close to the "
+        "ideal map and every map's faithfulness scores sit in a narrow band; ranks that differ by less than "
+        "two standard errors are ties. A method that wins the localisation columns is not thereby the most "
+        "faithful: the ground-truth mask itself is not the best row for deletion or insertion. The ViT's "
+        "tokens come from a CNN stem with a large receptive field, so its attention maps are coarse (8 x 8) "
+        "like the CNN's, and they explain that hybrid model, not a ViT trained from raw patches.",
         "",
         "## Columns",
         "",
@@ -605,8 +804,9 @@ def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str])
         "by its map; mean of 100 max(0, Y - O) / Y, and percentage of samples whose probability rose; "
         "`camlib.metrics.AverageDrop`, `ConfidenceIncrease`.",
         f"- **Randomisation** (Adebayo et al. 2018): Spearman's rho between the map of the trained model and "
-        f"the map once the classifier head (`fc`) is re-initialised, then once every layer is (cascading), on "
-        f"the first {info['rand_samples']} samples; `camlib.metrics.ModelParameterRandomisation`. A map that "
+        f"the map once the classifier head (the CNN's `fc`, the ViT's `heads`) is re-initialised, then once "
+        f"every layer is (cascading), on the first {info['rand_samples']} samples; "
+        "`camlib.metrics.ModelParameterRandomisation`. A map that "
         "does not change with the weights explains the image, not the model: closer to 0 is better (a "
         "negative rho is no better than 0). The "
         "ground-truth mask and the Sobel edges do not depend on the model, so they fail this test by design.",
@@ -615,23 +815,41 @@ def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str])
         "",
         "Not applicable and left out: `DeepFeatureFactorization` (it factorises features into concepts, it does "
         "not explain a class) and `GuidedBackpropReLUModel` / `DeconvnetReLUModel` (pixel-space gradients, not "
-        "class activation maps).",
+        "class activation maps). Methods with a documentation page that are not registered are not measured.",
         "",
         "## Figures",
         "",
-        f"![The same test images under every method]({figures['grid']})",
-        "",
-        "The same samples under every method (first row: the image, the object's outline and the explained "
-        "class). The outline is the ground-truth mask; the cross marks the map's maximum (the pointing game's point).",
-        "",
-        f"![Mean deletion and insertion curves]({figures['curves']})",
-        "",
-        "Mean deletion (left, lower is better) and insertion (right, higher is better) curves; the legend gives "
-        "the deletion / insertion AUCs.",
-        "",
+    ]
+    if cnn_rows:
+        lines += [
+            f"![The same test images under every method of the demo CNN]({figures['grid']})",
+            "",
+            "The same samples under every method of the demo CNN (first row: the image, the object's outline "
+            "and the explained class). The outline is the ground-truth mask; the cross marks the map's maximum "
+            "(the pointing game's point).",
+            "",
+            f"![Mean deletion and insertion curves]({figures['curves']})",
+            "",
+            "Mean deletion (left, lower is better) and insertion (right, higher is better) curves on the demo "
+            "CNN; the legend gives the deletion / insertion AUCs.",
+            "",
+        ]
+    if vit_rows:
+        lines += [
+            f"![The same test images under every method of the demo ViT]({figures['grid_vit']})",
+            "",
+            "The same samples under every method of the demo ViT.",
+            "",
+            f"![Mean deletion and insertion curves on the demo ViT]({figures['curves_vit']})",
+            "",
+            "Mean deletion and insertion curves on the demo ViT.",
+            "",
+        ]
+    lines += [
         f"![Grad-CAM under cascading randomisation]({figures['randomisation']})",
         "",
-        f"Grad-CAM of one sample as the layers are re-initialised from the top (cascading); rho: {rand_note}.",
+        f"Grad-CAM of one sample on the {strip_model} as the layers are re-initialised from the top "
+        f"(cascading); rho: {rand_note}.",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -655,32 +873,55 @@ def _run(config: argparse.Namespace) -> Dict:
     docs = Path(config.docs)
     image_dir = docs / "images" / "quality"
     image_dir.mkdir(parents=True, exist_ok=True)
-    model = load_demo_model()
-    layers = demo_target_layers(model)
     samples = load_samples(config.images)
     rows = methods(samples, config.methods, seed=config.seed, batch_size=config.batch_size)
+    models = {key: spec.load() for key, spec in MODELS.items() if any(row.model == key for row in rows)}
+    model_info = {key: _model_info(key, models[key], samples) for key in models}
+    previous = _previous_run(config) if config.merge else None
     results: Dict[str, Dict] = {}
     all_maps: Dict[str, np.ndarray] = {}
     map_seconds = 0.0
-    scored: List[tuple] = []  # (name, maps, scores) of the distinct maps seen so far
+    scored: List[tuple] = []  # (model, name, maps, scores) of the distinct maps seen so far
     for number, method in enumerate(rows, 1):
         torch.manual_seed(config.seed)  # RandomCAM and any other random draw
         method_start = time.perf_counter()
+        model = models[method.model]
+        layers = MODELS[method.model].target_layers(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             maps, seconds = compute_maps(method, model, layers, samples, config.batch_size)
-            same = next((name for name, seen, _ in scored if seen.shape == maps.shape and np.allclose(seen, maps, atol=1e-5)), None)
+        kept = previous["results"].get(method.row) if previous else None
+        if kept is not None:  # --merge: the earlier run's scores; the maps only for the figures
+            results[method.row] = kept
+            all_maps[method.row] = maps
+            if not kept["same_maps_as"]:
+                scored.append((method.model, method.name, maps, _stored_scores(kept)))
+            print(f"[{number:2d}/{len(rows)}] {method.row:24s} kept from the earlier run", flush=True)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            same = next(
+                (
+                    name
+                    for key, name, seen, _ in scored
+                    if key == method.model and seen.shape == maps.shape and np.allclose(seen, maps, atol=1e-5)
+                ),
+                None,
+            )
             if same is None:
                 map_scores = score_maps(maps, model, samples, config)
-                scored.append((method.name, maps, map_scores))
+                scored.append((method.model, method.name, maps, map_scores))
             else:
-                map_scores = next(result for name, _, result in scored if name == same)
+                map_scores = next(result for key, name, _, result in scored if key == method.model and name == same)
             rand_scores = randomisation(method, model, layers, samples, config)
         map_seconds += seconds
-        all_maps[method.name] = maps
+        all_maps[method.row] = maps
         curves = map_scores["curves"]
         per_sample = {key: value for key, value in map_scores.items() if key != "curves"}
-        results[method.name] = {
+        results[method.row] = {
+            "name": method.name,
+            "model": method.model,
+            "method": method.key,
             "baseline": method.baseline,
             "note": method.note if same is None else "; ".join(filter(None, [method.note, f"same maps as {same}"])),
             "same_maps_as": same,
@@ -688,25 +929,36 @@ def _run(config: argparse.Namespace) -> Dict:
             "curves": curves,
             **summarise({**per_sample, **rand_scores}),
         }
-        mean = results[method.name]["mean"]
+        mean = results[method.row]["mean"]
         print(
-            f"[{number:2d}/{len(rows)}] {method.name:24s} PG {mean['pointing_game']:5.1f}  del {mean['deletion']:.3f}  "
+            f"[{number:2d}/{len(rows)}] {method.row:24s} PG {mean['pointing_game']:5.1f}  del {mean['deletion']:.3f}  "
             f"ins {mean['insertion']:.3f}  ROAD {mean['road']:+.3f}  rho {mean['rho_all']:+.2f}  "
             f"({time.perf_counter() - method_start:.1f} s{', same maps as ' + same if same else ''})",
             flush=True,
         )
     picks = _pick_samples(samples, config.grid_images)
     figures = FIGURES
-    names = list(results)
-    curve_names = [n for n in CURVE_METHODS if n in results] or names[:8]
-    _write(docs / figures["grid"], grid_figure(names, all_maps, samples, picks))
-    _write(docs / figures["overview"], grid_figure(curve_names, all_maps, samples, picks[:4], size=96))
-    _write(docs / figures["curves"], curves_figure(results, curve_names))
-    strip, strip_info = randomisation_figure(model, layers, samples, picks[0], config.seed)
+    cnn_rows = [n for n in results if results[n]["model"] == "cnn"]
+    vit_rows = [n for n in results if results[n]["model"] == "vit"]
+    if cnn_rows:
+        curve_names = [n for n in CURVE_METHODS if n in cnn_rows] or cnn_rows[:8]
+        _write(docs / figures["grid"], grid_figure(cnn_rows, all_maps, samples, picks))
+        _write(docs / figures["overview"], grid_figure(curve_names, all_maps, samples, picks[:4], size=96))
+        _write(docs / figures["curves"], curves_figure(results, curve_names))
+    if vit_rows:
+        curve_names = [n for n in vit_rows if not results[n]["baseline"]][:6]
+        curve_names += [n for n in vit_rows if results[n]["name"] in (GROUND_TRUTH, RANDOM_MAP)]
+        _write(docs / figures["grid_vit"], grid_figure(vit_rows, all_maps, samples, picks))
+        _write(docs / figures["curves_vit"], curves_figure(results, curve_names[:8]))
+    strip_model = "cnn" if "cnn" in models else "vit"
+    strip, strip_info = randomisation_figure(
+        models[strip_model], MODELS[strip_model], samples, picks[0], config.seed
+    )
     _write(docs / figures["randomisation"], strip)
     seconds = time.perf_counter() - start
     info = {
-        "command": " ".join(["python benchmarks/quality.py", *config.argv]),
+        "command": shlex.join(["python", "benchmarks/quality.py", *config.argv]),
+        "runs": 1,
         "machine": _machine(),
         "images": config.images,
         "samples": len(samples),
@@ -722,11 +974,53 @@ def _run(config: argparse.Namespace) -> Dict:
         "rand_samples": min(config.rand_samples, len(samples)),
         "batch_size": config.batch_size,
         "randomisation_strip": strip_info,
+        "randomisation_strip_model": strip_model,
+        "models": model_info,
     }
+    if previous:
+        earlier = previous["info"]
+        info["command"] = f"{earlier['command']}\n{info['command']}"
+        info["runs"] = earlier.get("runs", 1) + 1
+        for key in ("seconds", "cpu_seconds", "map_seconds"):
+            info[key] += earlier[key]
+        info["load_before"] = earlier["load_before"]
     (docs / figures["json"]).write_text(json.dumps({"info": info, "results": results}, indent=1), encoding="utf-8")
     write_report(docs / "quality.md", results, info, figures)
     print(f"wrote {docs / 'quality.md'} and {image_dir}/ in {seconds:.0f} s (load {info['load_after']})")
     return {"info": info, "results": results}
+
+
+def _previous_run(config: argparse.Namespace) -> Dict:
+    """The results of the earlier run in ``--docs``, for ``--merge``; its settings must be these."""
+    path = Path(config.docs) / FIGURES["json"]
+    if not path.is_file():
+        raise SystemExit(f"--merge: no earlier results in {path}; run without --merge first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    info = data["info"]
+    settings = {
+        "images": config.images,
+        "steps": config.steps,
+        "road_percentiles": list(config.road_percentiles),
+        "rand_samples": min(config.rand_samples, info.get("samples", 0)),
+        "batch_size": config.batch_size,
+        "tolerance": config.tolerance,
+    }
+    differ = {key: (info.get(key), value) for key, value in settings.items() if info.get(key) != value}
+    if differ:
+        raise SystemExit(f"--merge: the earlier run used other settings (earlier, now): {differ}; rerun in full")
+    wanted = {name.lower() for name in config.merge_methods or ()}
+    results = {
+        row: result
+        for row, result in data["results"].items()
+        if not wanted & {row.lower(), result.get("name", row).lower(), result.get("method", "")}
+    }
+    return {"info": info, "results": results}
+
+
+def _stored_scores(result: Dict) -> Dict:
+    """A stored row's map scores, as :func:`score_maps` returns them (the randomisation rhos left out)."""
+    scores = {key: np.asarray(value) for key, value in result["per_sample"].items() if not key.startswith("rho_")}
+    return {**scores, "curves": result["curves"]}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -748,7 +1042,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--grid-images", type=int, default=6, help="images per row of the method figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", default=None, help="output folder (default docs; --quick: out/quality-quick)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 image, 2 methods and 2 baselines")
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        default=None,
+        metavar="METHOD",
+        help="keep the scores of the rows an earlier run with the same settings left in --docs (except the "
+        "METHODs named), score only the others (methods registered since); every map is recomputed for the figures",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 image; 2 CNN methods, attention rollout and 2 baselines per model")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -756,6 +1058,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     config = parser.parse_args(argv)
     config.argv = list(sys.argv[1:] if argv is None else argv)
+    config.merge_methods, config.merge = config.merge, config.merge is not None
     quick = config.quick
     config.images = config.images or (1 if quick else 24)
     config.steps = config.steps or (4 if quick else 20)
@@ -763,7 +1066,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     config.rand_samples = config.rand_samples or (1 if quick else 16)
     config.docs = config.docs or str(ROOT / ("out/quality-quick" if quick else "docs"))
     if quick and config.methods is None:
-        config.methods = ["gradcam", "cam", GROUND_TRUTH, RANDOM_MAP]
+        config.methods = ["gradcam", "cam", "attentionrollout", GROUND_TRUTH, RANDOM_MAP]
     for name in ("images", "steps", "rand_samples", "batch_size", "threads", "grid_images"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -36,6 +36,7 @@ from camlib.demo.model import (
     load_demo_model,
     load_model_card,
 )
+from camlib.demo.vit import DemoViT, demo_vit_target_layers, load_demo_vit, load_vit_model_card
 
 __all__ = [
     "CLASS_NAMES",
@@ -46,12 +47,16 @@ __all__ = [
     "SAMPLE_SEED",
     "SPLIT_SEED_RANGES",
     "DemoNet",
+    "DemoViT",
     "ShapesDataset",
     "demo_preprocess",
     "demo_target_layers",
+    "demo_vit_target_layers",
     "load_demo_model",
+    "load_demo_vit",
     "load_model_card",
     "load_sample_image",
+    "load_vit_model_card",
     "make_batch",
     "make_image",
     "make_sample",
