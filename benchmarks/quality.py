@@ -726,7 +726,7 @@ def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str])
         "```",
         "",
         f"- Machine: {info['machine']}",
-        f"- Wall time: {info['seconds']:.0f} s in all ({info['map_seconds']:.0f} s computing maps, the rest "
+        f"- Wall time{' (the runs together)' if info.get('runs', 1) > 1 else ''}: {info['seconds']:.0f} s in all ({info['map_seconds']:.0f} s computing maps, the rest "
         f"scoring them), {info['cpu_seconds']:.0f} s of CPU time; load average {info['load_before']} before "
         f"and {info['load_after']} after (1, 5, 15 min; the machine is shared, so the wall time depends on "
         "what else runs)",
@@ -845,6 +845,13 @@ def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str])
             "Mean deletion and insertion curves on the demo ViT.",
             "",
         ]
+    merged = [n for n in info.get("merged_rows", []) if n in results]
+    if merged:
+        lines += [
+            "Added to the table by a later run with the same settings (`--merge`, see the commands above) and "
+            "not drawn in these figures: " + ", ".join(merged) + ".",
+            "",
+        ]
     lines += [
         f"![Grad-CAM under cascading randomisation]({figures['randomisation']})",
         "",
@@ -875,9 +882,13 @@ def _run(config: argparse.Namespace) -> Dict:
     image_dir.mkdir(parents=True, exist_ok=True)
     samples = load_samples(config.images)
     rows = methods(samples, config.methods, seed=config.seed, batch_size=config.batch_size)
+    previous = _previous_run(config) if config.merge else None
+    if previous:  # every earlier row, and those selected (in the table's order)
+        selected = {row.row for row in rows}
+        rows = methods(samples, None, seed=config.seed, batch_size=config.batch_size)
+        rows = [row for row in rows if row.row in selected or row.row in previous["results"]]
     models = {key: spec.load() for key, spec in MODELS.items() if any(row.model == key for row in rows)}
     model_info = {key: _model_info(key, models[key], samples) for key in models}
-    previous = _previous_run(config) if config.merge else None
     results: Dict[str, Dict] = {}
     all_maps: Dict[str, np.ndarray] = {}
     map_seconds = 0.0
@@ -887,19 +898,14 @@ def _run(config: argparse.Namespace) -> Dict:
         method_start = time.perf_counter()
         model = models[method.model]
         layers = MODELS[method.model].target_layers(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            maps, seconds = compute_maps(method, model, layers, samples, config.batch_size)
         kept = previous["results"].get(method.row) if previous else None
-        if kept is not None:  # --merge: the earlier run's scores; the maps only for the figures
+        if kept is not None:  # --merge: the earlier run's scores
             results[method.row] = kept
-            all_maps[method.row] = maps
-            if not kept["same_maps_as"]:
-                scored.append((method.model, method.name, maps, _stored_scores(kept)))
-            print(f"[{number:2d}/{len(rows)}] {method.row:24s} kept from the earlier run", flush=True)
+            print(f"[{number:2d}/{len(rows)}] {method.row:24s} kept from an earlier run", flush=True)
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            maps, seconds = compute_maps(method, model, layers, samples, config.batch_size)
             same = next(
                 (
                     name
@@ -938,8 +944,10 @@ def _run(config: argparse.Namespace) -> Dict:
         )
     picks = _pick_samples(samples, config.grid_images)
     figures = FIGURES
-    cnn_rows = [n for n in results if results[n]["model"] == "cnn"]
-    vit_rows = [n for n in results if results[n]["model"] == "vit"]
+    cnn_rows = [n for n in results if results[n]["model"] == "cnn" and n in all_maps]
+    vit_rows = [n for n in results if results[n]["model"] == "vit" and n in all_maps]
+    if previous:  # the figures of the earlier run stay; the rows added here are not drawn
+        cnn_rows = vit_rows = []
     if cnn_rows:
         curve_names = [n for n in CURVE_METHODS if n in cnn_rows] or cnn_rows[:8]
         _write(docs / figures["grid"], grid_figure(cnn_rows, all_maps, samples, picks))
@@ -951,10 +959,14 @@ def _run(config: argparse.Namespace) -> Dict:
         _write(docs / figures["grid_vit"], grid_figure(vit_rows, all_maps, samples, picks))
         _write(docs / figures["curves_vit"], curves_figure(results, curve_names[:8]))
     strip_model = "cnn" if "cnn" in models else "vit"
-    strip, strip_info = randomisation_figure(
-        models[strip_model], MODELS[strip_model], samples, picks[0], config.seed
-    )
-    _write(docs / figures["randomisation"], strip)
+    if previous:
+        strip_info = previous["info"]["randomisation_strip"]
+        strip_model = previous["info"].get("randomisation_strip_model", "cnn")
+    else:
+        strip, strip_info = randomisation_figure(
+            models[strip_model], MODELS[strip_model], samples, picks[0], config.seed
+        )
+        _write(docs / figures["randomisation"], strip)
     seconds = time.perf_counter() - start
     info = {
         "command": shlex.join(["python", "benchmarks/quality.py", *config.argv]),
@@ -984,6 +996,8 @@ def _run(config: argparse.Namespace) -> Dict:
         for key in ("seconds", "cpu_seconds", "map_seconds"):
             info[key] += earlier[key]
         info["load_before"] = earlier["load_before"]
+        added = [row for row in results if row not in previous["kept_here"]]
+        info["merged_rows"] = [*earlier.get("merged_rows", []), *added]
     (docs / figures["json"]).write_text(json.dumps({"info": info, "results": results}, indent=1), encoding="utf-8")
     write_report(docs / "quality.md", results, info, figures)
     print(f"wrote {docs / 'quality.md'} and {image_dir}/ in {seconds:.0f} s (load {info['load_after']})")
@@ -1009,12 +1023,29 @@ def _previous_run(config: argparse.Namespace) -> Dict:
     if differ:
         raise SystemExit(f"--merge: the earlier run used other settings (earlier, now): {differ}; rerun in full")
     wanted = {name.lower() for name in config.merge_methods or ()}
-    results = {
-        row: result
-        for row, result in data["results"].items()
-        if not wanted & {row.lower(), result.get("name", row).lower(), result.get("method", "")}
-    }
-    return {"info": info, "results": results}
+
+    def keep(found: Dict) -> Dict:
+        return {
+            row: result
+            for row, result in found.items()
+            if not wanted & {row.lower(), result.get("name", row).lower(), result.get("method", "")}
+        }
+
+    results = keep(data["results"])
+    kept_here = set(results)
+    commands, seconds = [], {"seconds": 0.0, "cpu_seconds": 0.0, "map_seconds": 0.0}
+    for other in config.merge_from or ():
+        found = json.loads(Path(other).read_text(encoding="utf-8"))
+        other_settings = {key: found["info"].get(key) for key in settings}
+        if other_settings != {key: info.get(key) for key in settings}:
+            raise SystemExit(f"--merge-from {other}: other settings than {path}: {other_settings}")
+        results.update({row: result for row, result in keep(found["results"]).items() if row not in results})
+        commands.append(found["info"]["command"])
+        for key in seconds:
+            seconds[key] += found["info"][key]
+    info = {**info, "command": "\n".join([info["command"], *commands])}
+    info.update({key: info[key] + value for key, value in seconds.items()})
+    return {"info": info, "results": results, "kept_here": kept_here}
 
 
 def _stored_scores(result: Dict) -> Dict:
@@ -1048,7 +1079,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         metavar="METHOD",
         help="keep the scores of the rows an earlier run with the same settings left in --docs (except the "
-        "METHODs named), score only the others (methods registered since); every map is recomputed for the figures",
+        "METHODs named) and score only the others (methods registered since); the earlier run's figures stay",
+    )
+    parser.add_argument(
+        "--merge-from",
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="with --merge: also keep the rows of these results.json files (runs with the same settings, e.g. "
+        "of new methods into another --docs folder)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 image; 2 CNN methods, attention rollout and 2 baselines per model")
     parser.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -64,3 +65,28 @@ def test_a_new_attention_method_gets_a_vit_row(quality, samples):
         maps, _ = quality.compute_maps(rows[0], vit, quality.MODELS["vit"].target_layers(vit), samples, 4)
     assert maps.shape == (len(samples), 128, 128) and maps.max() > 0.99 and np.ptp(maps) > 0.5
     assert "toyattention" not in _rows(quality, samples)["vit"]
+
+
+def test_merge_scores_only_the_new_rows(quality, tmp_path):
+    first, other = tmp_path / "first", tmp_path / "other"
+    quick = ["--quick", "--threads", "1"]
+    assert quality.main([*quick, "--docs", str(first), "--methods", "cam", "ground-truth mask"]) == 0
+    assert quality.main([*quick, "--docs", str(other), "--methods", "attentionrollout"]) == 0
+    figure = (first / quality.FIGURES["grid"]).read_bytes()
+    before = json.loads((first / quality.FIGURES["json"]).read_text(encoding="utf-8"))
+    merge = ["--merge", "--merge-from", str(other / quality.FIGURES["json"])]
+    assert quality.main([*quick, "--docs", str(first), *merge, "--methods", "cam", "random map", "attentionrollout"]) == 0
+    after = json.loads((first / quality.FIGURES["json"]).read_text(encoding="utf-8"))
+    assert list(after["results"]) == [
+        "CAM (Zhou et al.)", "ground-truth mask", "random map", "ViT: Attention rollout", "ViT: ground-truth mask",
+        "ViT: random map",
+    ]
+    for row in ("CAM (Zhou et al.)", "ground-truth mask", "ViT: ground-truth mask"):
+        assert after["results"][row] == before["results"][row]  # kept, not recomputed
+    assert set(after["info"]["merged_rows"]) == {"random map", "ViT: random map", "ViT: Attention rollout"}
+    assert after["info"]["runs"] == 2 and after["info"]["command"].count("benchmarks/quality.py") == 3
+    assert (first / quality.FIGURES["grid"]).read_bytes() == figure  # the first run's figures stay
+    report = (first / "quality.md").read_text(encoding="utf-8")
+    assert "| Attention rollout |" in report and "figures: random map, ViT: Attention rollout, ViT: random map." in report
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main(["--quick", "--steps", "5", "--docs", str(first), "--merge"])
