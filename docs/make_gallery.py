@@ -15,7 +15,10 @@ What it writes (JPEG, tiles of 128 x 128 pixels):
 * ``<method>.jpg`` for every method of :mod:`camlib.registry` (so a newly
   registered method gets its picture with no change here): the map for the
   ring, for the star, and (where the method supports them) for the ring with
-  ``eigen_smooth=True`` and with ``aug_smooth=True``;
+  ``eigen_smooth=True`` and with ``aug_smooth=True``. Methods that explain a
+  transformer's attention (capability ``needs_attention``) are drawn on the
+  bundled demo ViT (:func:`camlib.demo.vit.load_demo_vit`, trained on the same
+  data) instead of the CNN;
 * ``guided-backprop.jpg`` and ``deep-feature-factorization.jpg`` for the
   pixel-level methods and the concept factorisation;
 * ``methods.jpg``: every method's map for the ring, side by side;
@@ -50,7 +53,7 @@ from camlib import (
     guided_grad_cam,
     run_dff_on_image,
 )
-from camlib.demo import CLASS_NAMES, demo_preprocess, load_demo_model, load_sample_image
+from camlib.demo import CLASS_NAMES, demo_preprocess, load_demo_model, load_demo_vit, load_sample_image
 from camlib.models import image_grid
 from camlib.registry import MethodInfo, make_cam, method_names, methods
 from camlib.utils.image import deprocess_image, show_cam_on_image
@@ -88,6 +91,8 @@ PAGE_NAMES: Dict[str, str] = {
     "gradcamelementwise": "gradcam-elementwise",
     "kpcacam": "kpca-cam",
     "smoothgradcam++": "smoothgradcam-plusplus",
+    "attentionrollout": "attention-rollout",
+    "transformerattribution": "transformer-attribution",
 }
 
 
@@ -112,8 +117,16 @@ class GalleryEntry:
     title: str
     method: MethodInfo
 
-    def build(self, model: torch.nn.Module):
-        """The CAM object for the demo model."""
+    @property
+    def on_vit(self) -> bool:
+        """Whether the picture explains the demo ViT (a method that needs attention) rather than the CNN."""
+        return self.method.capabilities.needs_attention
+
+    def build(self, model: torch.nn.Module, vit: Optional[torch.nn.Module] = None):
+        """The CAM object for the demo CNN ``model``, or for the demo ViT (``vit``, loaded if None) if :attr:`on_vit`."""
+        if self.on_vit:
+            vit = load_demo_vit() if vit is None else vit
+            return make_cam(self.method.name, vit, [], batch_size=BATCH_SIZE, progress=False)
         settings = PICTURE_SETTINGS.get(self.method.name, {})
         layers = _layers(model, *settings.get("layers", (-1,)))
         options = {"batch_size": BATCH_SIZE, "progress": False, **settings.get("options", {})}
@@ -136,12 +149,13 @@ def _unregistered() -> List[MethodInfo]:
 
 
 def gallery() -> List[GalleryEntry]:
-    """Every registered method that applies to the demo model (a CNN: not those that explain a
-    transformer's attention), in registration order; then the unregistered classes with a page."""
+    """Every registered method that applies to the demo CNN, in registration order; then the unregistered
+    classes with a page; then the methods that explain a transformer's attention (drawn on the demo ViT)."""
     registered = [info for info in methods() if not info.capabilities.needs_attention]
     names = {info.name for info in methods()}
     extra = [info for info in _unregistered() if info.name not in names]
-    return [GalleryEntry(slug(info.name), info.title, info) for info in [*registered, *extra]]
+    attention = [info for info in methods() if info.capabilities.needs_attention]
+    return [GalleryEntry(slug(info.name), info.title, info) for info in [*registered, *extra, *attention]]
 
 
 def _layers(model: torch.nn.Module, *indices: int) -> List[torch.nn.Module]:
@@ -168,12 +182,14 @@ def _write(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _maps(entry: GalleryEntry, model: torch.nn.Module, x: torch.Tensor) -> Dict[str, np.ndarray]:
+def _maps(
+    entry: GalleryEntry, model: torch.nn.Module, x: torch.Tensor, vit: Optional[torch.nn.Module] = None
+) -> Dict[str, np.ndarray]:
     """The four maps of a method's strip, each ``[H, W]``."""
     capabilities = entry.method.capabilities
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. HiResCAM's eigen_smooth caveat
-        with entry.build(model) as cam:
+        with entry.build(model, vit) as cam:
             maps = {
                 "ring": _call(cam, x, RING, aug_smooth=False, eigen_smooth=False)[0],
                 "star": _call(cam, x, STAR, aug_smooth=False, eigen_smooth=False)[0],
@@ -259,6 +275,7 @@ def make_gallery(out: Path = DEFAULT_OUT, only: Optional[Sequence[str]] = None) 
 def _make_gallery(out: Path, only: Optional[Sequence[str]]) -> List[Path]:
     torch.manual_seed(0)
     model = load_demo_model()
+    vit = load_demo_vit()
     rgb = load_sample_image()
     x = demo_preprocess(rgb)
     written: List[Path] = []
@@ -274,9 +291,9 @@ def _make_gallery(out: Path, only: Optional[Sequence[str]]) -> List[Path]:
     for entry in gallery():
         if only is not None and entry.slug not in only and "methods" not in only:
             continue
-        maps = _maps(entry, model, x)
+        maps = _maps(entry, model, x, vit)
         emit(entry.slug, image_grid([[_overlay(rgb, m) for m in maps.values()]], column_labels=list(maps)))
-        overview.append(_captioned(_overlay(rgb, maps["ring"]), entry.title))
+        overview.append(_captioned(_overlay(rgb, maps["ring"]), f"{entry.title} (ViT)" if entry.on_vit else entry.title))
 
     if only is None or "methods" in only:
         per_row = 6
