@@ -374,24 +374,85 @@ def scorecam_masked_inputs(model: torch.nn.Module, layer: torch.nn.Module, x: to
     return x[image] * score_cam_masks(maps, tuple(x.shape[2:]))[:, None]
 
 
-def scorecam_runners(model, layer, x, classes, chunk) -> dict[str, Callable]:
-    """One ScoreCAM explanation per library, all scoring ``chunk`` masked inputs per forward."""
+def scorecam_runners(model, layer, x, classes, chunk, channels: Optional[int] = None) -> dict[str, Callable]:
+    """One ScoreCAM explanation per library, all scoring ``chunk`` masked inputs per forward.
+
+    ``channels``: explain only the layer's first ``channels`` channels (a reshape
+    transform that slices them, for camlib and grad-cam; torchcam has no such
+    hook, so it is left out), to time a cut-down version of a long configuration.
+    """
     targets = [ClassifierOutputTarget(c) for c in classes]
-    runners = {"camlib": camlib_runner(camlib.ScoreCAM, model, [layer], x, targets, batch_size=chunk)}
+    first = None if channels is None else (lambda activations: activations[:, :channels])
+    runners = {"camlib": camlib_runner(camlib.ScoreCAM, model, [layer], x, targets, batch_size=chunk,
+                                       reshape_transform=first)}
     if _have("pytorch_grad_cam"):
         import pytorch_grad_cam
 
         # the reference reads its chunk size from this attribute when it exists
         runners["grad-cam"] = reference_runner(
-            pytorch_grad_cam.ScoreCAM, model, [layer], x, targets, attributes={"batch_size": chunk}
+            pytorch_grad_cam.ScoreCAM, model, [layer], x, targets, attributes={"batch_size": chunk},
+            reshape_transform=first,
         )
-    if _have("torchcam"):
+    if _have("torchcam") and channels is None:
         import torchcam.methods
 
         runners["torchcam"] = torchcam_runner(
             torchcam.methods.ScoreCAM, model, layer, x, classes, needs_grad=False, batch_size=chunk
         )
     return runners
+
+
+class ForwardTimer(torch.nn.Module):
+    """The model, counting the images it is called on and the seconds its forward passes take."""
+
+    def __init__(self, model: torch.nn.Module, device: str) -> None:
+        super().__init__()
+        self.model = model
+        self.device = device
+        self.images = 0
+        self.seconds = 0.0
+
+    def forward(self, x, *args, **kwargs):
+        _sync(self.device)
+        start = time.perf_counter()
+        out = self.model(x, *args, **kwargs)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        self.images += len(x)
+        return out
+
+
+def timed_forwards(runners: dict[str, Callable], timer: ForwardTimer) -> tuple[dict[str, Callable], dict]:
+    """Wrap each runner so that each call records the images ``timer``'s model saw and
+    the seconds its forward passes took; also keeps each call's maps (the last one)."""
+    record: dict[str, dict] = {name: {"images": [], "forward_s": [], "maps": None} for name in runners}
+
+    def wrap(name, run):
+        def wrapped():
+            timer.images, timer.seconds = 0, 0.0
+            maps = run()
+            record[name]["images"].append(timer.images)
+            record[name]["forward_s"].append(timer.seconds)
+            record[name]["maps"] = maps
+            return maps
+
+        return wrapped
+
+    return {name: wrap(name, run) for name, run in runners.items()}, record
+
+
+def forward_breakdown(row: dict, timed: dict, record: dict) -> None:
+    """Add each library's median time, forward passes and time outside the model to ``row``,
+    and the largest difference between camlib's and grad-cam's maps."""
+    for lib, entry in record.items():
+        times = timed[lib]["all_s"]
+        forward = entry["forward_s"][-len(times):]  # the timed rounds (not the warm-up)
+        row[f"{lib}_s"] = timed[lib]["median_s"]
+        row[f"{lib}_images"] = entry["images"][-1]
+        row[f"{lib}_forward_s"] = statistics.median(forward)
+        row[f"{lib}_outside_model_s"] = statistics.median(t - f for t, f in zip(times, forward))
+    if record.get("camlib", {}).get("maps") is not None and record.get("grad-cam", {}).get("maps") is not None:
+        row["max_abs_diff_vs_grad-cam"] = float(np.abs(record["camlib"]["maps"] - record["grad-cam"]["maps"]).max())
 
 
 def scorecam_suite(args: argparse.Namespace) -> list[dict]:
@@ -420,18 +481,108 @@ def scorecam_suite(args: argparse.Namespace) -> list[dict]:
 
 
 def scorecam_large_suite(args: argparse.Namespace) -> list[dict]:
-    """The reference's cam.py configuration: resnet50 layer4[-1], one 224 px image, chunks of 32."""
-    model = _model("resnet50", args.device)
-    x = _inputs(1, 224, args.device)
-    runners = scorecam_runners(model, model.layer4[-1], x, _classes(1), 32)
-    timed = interleaved(runners, args.large_rounds, args.device, "ScoreCAM resnet50 224px", warmup=())
-    row = {"suite": "scorecam-large", "method": "ScoreCAM", "model": "resnet50", "batch": 1, "size": 224,
-           "chunk": 32, "rounds": args.large_rounds}
-    for lib in LIBRARIES:
-        if lib in timed:
-            row[f"{lib}_s"] = timed[lib]["median_s"]
+    """The reference's cam.py configuration: resnet50 layer4[-1], one 224 px image, chunks of 32.
+
+    ``--large-channels K`` explains only the first K channels (camlib and grad-cam),
+    a cut-down run for a slow machine; each library's forward passes are timed
+    apart from the rest, so the time spent outside the model is reported too.
+    """
+    timer = ForwardTimer(_model(args.large_model, args.device), args.device)
+    layer = timer.model.layer4[-1]
+    x = _inputs(1, args.large_size, args.device)
+    runners = scorecam_runners(timer, layer, x, _classes(1), args.large_chunk, channels=args.large_channels)
+    runners, record = timed_forwards(runners, timer)
+    label = f"ScoreCAM {args.large_model} {args.large_size}px"
+    timed = interleaved(runners, args.large_rounds, args.device, label, warmup=())
+    row = {"suite": "scorecam-large", "method": "ScoreCAM", "model": args.large_model, "batch": 1,
+           "size": args.large_size, "chunk": args.large_chunk, "rounds": args.large_rounds,
+           "channels": args.large_channels or layer.conv1.in_channels, "all_channels": args.large_channels is None}
+    forward_breakdown(row, timed, record)
     _add_peaks(row, timed, {lib: lib for lib in LIBRARIES})
     return [row]
+
+
+def frcnn_setting(args: argparse.Namespace):
+    """grad-cam's Faster R-CNN tutorial, without downloads: fasterrcnn_resnet50_fpn (weights=None,
+    images resized to ``--frcnn-size``), the target layer ``model.backbone`` through the
+    FPN reshape transform, and a box-score target on the model's own top detection."""
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=args.frcnn_size, max_size=args.frcnn_size,
+        box_score_thresh=0.0,  # an untrained head scores below the default 0.05: keep its detections
+    ).eval().to(args.device)
+    x = torch.rand(1, 3, args.frcnn_size, args.frcnn_size, generator=torch.Generator().manual_seed(1)).to(args.device)
+    with torch.no_grad():
+        detections = model(x)[0]
+    if len(detections["boxes"]):
+        boxes, labels = detections["boxes"][:1].cpu(), [int(detections["labels"][0])]
+    else:
+        quarter = args.frcnn_size / 4
+        boxes, labels = torch.tensor([[quarter, quarter, 3 * quarter, 3 * quarter]]), [1]
+    return model, x, boxes, labels
+
+
+def scorecam_frcnn_suite(args: argparse.Namespace) -> list[dict]:
+    """ScoreCAM on grad-cam's Faster R-CNN tutorial configuration (camlib and grad-cam; torchcam
+    cannot take a detector's FPN output)."""
+    from camlib.utils.model_targets import FasterRCNNBoxScoreTarget
+    from camlib.utils.reshape_transforms import fasterrcnn_reshape_transform
+
+    model, x, boxes, labels = frcnn_setting(args)
+    timer = ForwardTimer(model, args.device)
+    keep = args.frcnn_channels
+
+    def reshape(transform):
+        return transform if keep is None else (lambda features: transform(features)[:, :keep])
+
+    runners = {"camlib": camlib_runner(
+        camlib.ScoreCAM, timer, [model.backbone], x, [FasterRCNNBoxScoreTarget(labels, boxes)],
+        batch_size=args.frcnn_chunk, reshape_transform=reshape(fasterrcnn_reshape_transform))}
+    if _have("pytorch_grad_cam"):
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget as ReferenceTarget
+        from pytorch_grad_cam.utils.reshape_transforms import (
+            fasterrcnn_reshape_transform as reference_reshape,
+        )
+
+        runners["grad-cam"] = reference_runner(
+            pytorch_grad_cam.ScoreCAM, timer, [model.backbone], x, [ReferenceTarget(labels, boxes)],
+            attributes={"batch_size": args.frcnn_chunk}, reshape_transform=reshape(reference_reshape))
+    runners, record = timed_forwards(runners, timer)
+    timed = interleaved(runners, args.frcnn_rounds, args.device, f"ScoreCAM Faster R-CNN {args.frcnn_size}px",
+                        warmup=())
+    with torch.no_grad():
+        channels = fasterrcnn_reshape_transform(model.backbone(model.transform([x[0]])[0].tensors)).shape[1]
+    row = {"suite": "scorecam-frcnn", "method": "ScoreCAM", "model": "fasterrcnn_resnet50_fpn", "batch": 1,
+           "size": args.frcnn_size, "chunk": args.frcnn_chunk, "rounds": args.frcnn_rounds,
+           "channels": min(keep or channels, channels), "all_channels": keep is None or keep >= channels}
+    forward_breakdown(row, timed, record)
+    _add_peaks(row, timed, {lib: lib for lib in LIBRARIES})
+    return [row]
+
+
+#: Score-CAM variants timed against torchcam: name -> (arguments, whether the method needs gradients).
+SCORE_METHODS = {
+    "SSCAM": (dict(std=2.0), False),
+    "ISCAM": ({}, False),
+    "SmoothGradCAMpp": (dict(std=0.3), True),
+}
+
+
+def score_method_runners(name: str, model, layer, x, classes, samples: int, chunk: int) -> dict[str, Callable]:
+    """One explanation by camlib's and torchcam's ``name`` (a key of :data:`SCORE_METHODS`),
+    ``samples`` samples, ``chunk`` masked inputs per forward (not for Smooth Grad-CAM++)."""
+    extra, needs_grad = SCORE_METHODS[name]
+    common = dict(num_samples=samples, **extra, **({} if needs_grad else {"batch_size": chunk}))
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    runners = {"camlib": camlib_runner(getattr(camlib, name), model, [layer], x, targets, **common)}
+    if _have("torchcam"):
+        import torchcam.methods
+
+        runners["torchcam"] = torchcam_runner(
+            getattr(torchcam.methods, name), model, layer, x, classes, needs_grad=needs_grad, **common
+        )
+    return runners
 
 
 def score_methods_suite(args: argparse.Namespace) -> list[dict]:
@@ -440,22 +591,10 @@ def score_methods_suite(args: argparse.Namespace) -> list[dict]:
     layer = model.layer4[-1]
     x = _inputs(args.methods_batch, args.methods_size, args.device)
     classes = _classes(args.methods_batch)
-    targets = [ClassifierOutputTarget(c) for c in classes]
     n = args.methods_samples
-    settings = [
-        ("SSCAM", dict(num_samples=n, std=2.0), dict(batch_size=64), False),
-        ("ISCAM", dict(num_samples=n), dict(batch_size=64), False),
-        ("SmoothGradCAMpp", dict(num_samples=n, std=0.3), {}, True),
-    ]
     rows = []
-    for name, common, chunk, needs_grad in settings:
-        runners = {"camlib": camlib_runner(getattr(camlib, name), model, [layer], x, targets, **common, **chunk)}
-        if _have("torchcam"):
-            import torchcam.methods
-
-            runners["torchcam"] = torchcam_runner(
-                getattr(torchcam.methods, name), model, layer, x, classes, needs_grad=needs_grad, **common, **chunk
-            )
+    for name in SCORE_METHODS:
+        runners = score_method_runners(name, model, layer, x, classes, n, 64)
         timed = interleaved(runners, args.methods_rounds, args.device, name)
         row = {"suite": "score-methods", "method": name, "model": "resnet18", "batch": args.methods_batch,
                "size": args.methods_size, "num_samples": n}
@@ -492,38 +631,61 @@ def _peak_extra_mib(run: Callable[[], Any], device: str) -> float:
 
 
 def measure_scorecam_memory(library: str, args: argparse.Namespace) -> tuple[float, float]:
-    """Peak extra memory (MiB) of ``library``'s first ScoreCAM call in this process
-    (cold: includes one-off costs such as oneDNN primitives and lazily loaded code)
-    and of its second call (warm: what every further call costs)."""
-    model, layer, x, classes = _scorecam_setting(args)
-    run = scorecam_runners(model, layer, x, classes, args.memory_chunk)[library]
+    """Peak extra memory (MiB) of ``library``'s first call of ``args.memory_method`` (ScoreCAM
+    by default) in this process (cold: includes one-off costs such as oneDNN primitives and
+    lazily loaded code) and of its second call (warm: what every further call costs).
+
+    ScoreCAM runs in the ``scorecam`` setting; SSCAM and ISCAM in the ``score-methods`` one
+    (``--methods-batch`` images of ``--methods-size`` pixels, ``--methods-samples`` samples);
+    every library scores ``--memory-chunk`` masked inputs per forward."""
+    method = getattr(args, "memory_method", "ScoreCAM")
+    if method == "ScoreCAM":
+        model, layer, x, classes = _scorecam_setting(args)
+        run = scorecam_runners(model, layer, x, classes, args.memory_chunk)[library]
+    else:
+        model = _model("resnet18", args.device)
+        x = _inputs(args.methods_batch, args.methods_size, args.device)
+        runners = score_method_runners(method, model, model.layer4[-1], x, _classes(args.methods_batch),
+                                       args.methods_samples, args.memory_chunk)
+        run = runners[library]
     return _peak_extra_mib(run, args.device), _peak_extra_mib(run, args.device)
 
 
 def memory_suite(args: argparse.Namespace) -> list[dict]:
-    row = {"suite": "memory", "method": "ScoreCAM", "model": args.scorecam_model, "batch": args.scorecam_batch,
-           "size": args.scorecam_size, "chunk": args.memory_chunk, "device": args.device}
-    libraries = ["camlib"] + [lib for lib, mod in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam"))
-                              if _have(mod)]
-    samples: dict[str, list[tuple[float, float]]] = {lib: [] for lib in libraries}
-    for index in range(args.memory_rounds):
+    rows = []
+    for method in args.memory_methods:
+        if method == "ScoreCAM":
+            row = {"suite": "memory", "method": method, "model": args.scorecam_model, "batch": args.scorecam_batch,
+                   "size": args.scorecam_size}
+            peers = (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam"))
+        else:
+            row = {"suite": "memory", "method": method, "model": "resnet18", "batch": args.methods_batch,
+                   "size": args.methods_size, "num_samples": args.methods_samples}
+            peers = (("torchcam", "torchcam"),)
+        row.update(chunk=args.memory_chunk, device=args.device)
+        libraries = ["camlib"] + [lib for lib, mod in peers if _have(mod)]
+        samples: dict[str, list[tuple[float, float]]] = {lib: [] for lib in libraries}
+        for index in range(args.memory_rounds):
+            for lib in libraries:
+                command = [sys.executable, __file__, "--measure-memory", lib, "--memory-method", method,
+                           "--device", args.device, "--scorecam-model", args.scorecam_model,
+                           "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size),
+                           "--methods-batch", str(args.methods_batch), "--methods-size", str(args.methods_size),
+                           "--methods-samples", str(args.methods_samples), "--memory-chunk", str(args.memory_chunk)]
+                # Fixed mmap threshold: large freed buffers go back to the OS, so the
+                # resident set before the call is not inflated by earlier allocations.
+                env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "CAMLIB_DISABLE_PROGRESS": "1"}
+                done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+                cold, warm = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+                samples[lib].append((cold, warm))
+                print(f"  memory {method} round {index + 1}/{args.memory_rounds}: {lib} first call +{cold:.1f} MiB, "
+                      f"second call +{warm:.1f} MiB", flush=True)
         for lib in libraries:
-            command = [sys.executable, __file__, "--measure-memory", lib, "--device", args.device,
-                       "--scorecam-model", args.scorecam_model,
-                       "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size),
-                       "--memory-chunk", str(args.memory_chunk)]
-            # Fixed mmap threshold: large freed buffers go back to the OS, so the
-            # resident set before the call is not inflated by earlier allocations.
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "CAMLIB_DISABLE_PROGRESS": "1"}
-            done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-            cold, warm = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
-            samples[lib].append((cold, warm))
-            print(f"  memory round {index + 1}/{args.memory_rounds}: {lib} first call +{cold:.1f} MiB, "
-                  f"second call +{warm:.1f} MiB", flush=True)
-    for lib in libraries:
-        row[f"{lib}_peak_extra_mib"] = statistics.median(cold for cold, _ in samples[lib])
-        row[f"{lib}_warm_peak_extra_mib"] = statistics.median(warm for _, warm in samples[lib])
-    return [row]
+            row[f"{lib}_peak_extra_mib"] = statistics.median(cold for cold, _ in samples[lib])
+            row[f"{lib}_warm_peak_extra_mib"] = statistics.median(warm for _, warm in samples[lib])
+            row[f"{lib}_first_call_mib_all"] = [cold for cold, _ in samples[lib]]
+        rows.append(row)
+    return rows
 
 
 class SavedTensorCounter:
@@ -683,6 +845,7 @@ SUITES = {
     "scorecam": scorecam_suite,
     "memory": memory_suite,
     "scorecam-large": scorecam_large_suite,
+    "scorecam-frcnn": scorecam_frcnn_suite,
     "score-methods": score_methods_suite,
     "reciprocam": reciprocam_suite,
     "leak": leak_suite,
@@ -747,31 +910,46 @@ def markdown(results: list[dict], info: dict) -> str:
         out.append("")
     scorecam = [r for r in results if r["suite"] == "scorecam"]
     memory = [r for r in results if r["suite"] == "memory"]
-    if scorecam or memory:
-        r = (scorecam or memory)[0]
-        out += [f"### ScoreCAM ({r['model']} `layer4[-1]`, batch {r['batch']}, {r['size']}x{r['size']})", ""]
     for r in scorecam:
-        out += [f"Floor: {r['floor']}, {_ms(r['floor_s'])}. In brackets, the ratio to the floor.", "",
+        out += [f"### ScoreCAM ({r['model']} `layer4[-1]`, batch {r['batch']}, {r['size']}x{r['size']})", "",
+                f"Floor: {r['floor']}, {_ms(r['floor_s'])}. In brackets, the ratio to the floor.", "",
                 "| camlib | grad-cam | torchcam |", "|---:|---:|---:|",
                 f"| {_cell(r, 'camlib')} | {_cell(r, 'grad-cam')} | {_cell(r, 'torchcam')} |", ""]
     for r in memory:
         where = "GPU memory allocated" if r["device"].startswith("cuda") else "resident set"
         chunk = f"{r['chunk']} masked inputs per forward for every library; " if "chunk" in r else ""
-        out += [f"Peak extra memory of one call ({where}; {chunk}median over fresh processes):", "",
+        samples = f", {r['num_samples']} samples" if "num_samples" in r else ""
+        out += [f"### {r.get('method', 'ScoreCAM')} memory ({r['model']} `layer4[-1]`, batch {r['batch']}, "
+                f"{r['size']}x{r['size']}{samples})", "",
+                f"Peak extra memory of one call ({where}; {chunk}median over fresh processes):", "",
                 "| call | camlib | grad-cam | torchcam |", "|---|---:|---:|---:|"]
         for label, key in (("first in the process", "peak_extra_mib"), ("second", "warm_peak_extra_mib")):
             cells = [f"+{r[f'{lib}_{key}']:.1f} MiB" if f"{lib}_{key}" in r else "n/a" for lib in LIBRARIES]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
-    large = [r for r in results if r["suite"] == "scorecam-large"]
-    for r in large:
-        out += ["### ScoreCAM, the reference's cam.py configuration (resnet50 `layer4[-1]`, one 224x224 image, "
-                "32 masked inputs per forward)", "",
-                f"Median over {r['rounds']} round(s); speed-up: the peer's median over camlib's.", "",
-                "| camlib | grad-cam | torchcam | vs grad-cam | vs torchcam |", "|---:|---:|---:|---:|---:|",
-                f"| {_ms(r.get('camlib_s'))} | {_ms(r.get('grad-cam_s'))} | {_ms(r.get('torchcam_s'))} | "
-                + " | ".join(f"{r[f'{lib}_s'] / r['camlib_s']:.2f}x" if f"{lib}_s" in r else "n/a"
-                             for lib in ("grad-cam", "torchcam")) + " |", ""]
+    for r in [r for r in results if r["suite"] in ("scorecam-large", "scorecam-frcnn")]:
+        if r["suite"] == "scorecam-large":
+            title = (f"ScoreCAM, the reference's cam.py configuration ({r['model']} `layer4[-1]`, one "
+                     f"{r['size']}x{r['size']} image, {r['chunk']} masked inputs per forward")
+        else:
+            title = (f"ScoreCAM, grad-cam's Faster R-CNN tutorial configuration ({r['model']}, weights=None, "
+                     f"{r['size']} px, target `model.backbone` through `fasterrcnn_reshape_transform`, "
+                     f"`FasterRCNNBoxScoreTarget`, {r['chunk']} masked inputs per forward")
+        title += ", all channels)" if r.get("all_channels", True) else f", the first {r['channels']} channels only)"
+        libs = [lib for lib in LIBRARIES if f"{lib}_s" in r]
+        diff = r.get("max_abs_diff_vs_grad-cam")
+        out += [f"### {title}", "",
+                f"Median over {r['rounds']} round(s); images: the inputs the model was run on (the capture pass "
+                "included); outside the model: the call's time minus its forward passes'; speed-up: the peer's "
+                "median over camlib's."
+                + ("" if diff is None else f" Largest difference between camlib's and grad-cam's maps: {diff:.1e}."),
+                "", "| library | time | images | forward passes | outside the model | speed-up |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for lib in libs:
+            out.append(f"| {lib} | {_ms(r[f'{lib}_s'])} | {r.get(f'{lib}_images', 'n/a')} | "
+                       f"{_ms(r.get(f'{lib}_forward_s'))} | {_ms(r.get(f'{lib}_outside_model_s'))} | "
+                       f"{r[f'{lib}_s'] / r['camlib_s']:.2f}x |")
+        out.append("")
     methods = [r for r in results if r["suite"] == "score-methods"]
     if methods:
         r = methods[0]
@@ -841,7 +1019,19 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--scorecam-rounds", type=int, default=3)
     parser.add_argument("--memory-rounds", type=int, default=3)
     parser.add_argument("--memory-chunk", type=int, default=64, help="masked inputs per forward in the memory suite")
+    parser.add_argument("--memory-methods", nargs="+", default=["ScoreCAM"], choices=["ScoreCAM", "SSCAM", "ISCAM"],
+                        help="methods of the memory suite (SSCAM and ISCAM in the score-methods setting)")
     parser.add_argument("--large-rounds", type=int, default=1, help="rounds of the scorecam-large suite")
+    parser.add_argument("--large-model", default="resnet50")
+    parser.add_argument("--large-size", type=int, default=224)
+    parser.add_argument("--large-chunk", type=int, default=32, help="masked inputs per forward (all libraries)")
+    parser.add_argument("--large-channels", type=int, default=None,
+                        help="explain only the first N channels (cut-down run; camlib and grad-cam only)")
+    parser.add_argument("--frcnn-rounds", type=int, default=1, help="rounds of the scorecam-frcnn suite")
+    parser.add_argument("--frcnn-size", type=int, default=800, help="Faster R-CNN min_size = max_size, and image size")
+    parser.add_argument("--frcnn-chunk", type=int, default=32, help="masked inputs per forward (both libraries)")
+    parser.add_argument("--frcnn-channels", type=int, default=None,
+                        help="explain only the first N of the 1280 FPN channels (cut-down run)")
     parser.add_argument("--methods-batch", type=int, default=1)
     parser.add_argument("--methods-size", type=int, default=64)
     parser.add_argument("--methods-samples", type=int, default=2)
@@ -857,6 +1047,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--measure-memory", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-method", default="ScoreCAM", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

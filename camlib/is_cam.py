@@ -43,7 +43,7 @@ def is_cam_weights(
 
     def scaled(masks: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         factor = coefficients[sample.to(coefficients.device)]
-        return masks * factor.reshape(-1, *([1] * (masks.ndim - 1))).to(masks.device)
+        return masks.mul_(factor.reshape(-1, *([1] * (masks.ndim - 1))).to(masks.device))  # fresh masks
 
     scores = channel_mask_scores(
         model, input_tensor, maps, image, targets, masks=normalized_upsampled_masks, samples=num_samples,

@@ -63,10 +63,9 @@ def score_cam_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
     corners aligned) and min-max normalised per map: ``[n, *size]`` in [0, 1]."""
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
     upsampled = F.interpolate(maps[:, None].float(), size=tuple(size), mode=mode, align_corners=True)[:, 0]
-    flat = upsampled.reshape(upsampled.shape[0], -1)
     view = (-1,) + (1,) * (upsampled.ndim - 1)
-    low = flat.amin(dim=1).view(view)
-    high = flat.amax(dim=1).view(view)
+    low, high = torch.aminmax(upsampled.reshape(upsampled.shape[0], -1), dim=1)  # one pass for both
+    low, high = low.view(view), high.view(view)
     # in place: one mask-sized buffer per chunk
     return upsampled.sub_(low).div_(high - low + MASK_EPS)
 
@@ -135,8 +134,11 @@ def channel_mask_scores(
         chunk = masks(maps[rows], size)
         if perturb is not None:
             chunk = perturb(chunk, index // count)
+        chunk = chunk.to(input_tensor.dtype).unsqueeze(1)
+        if input_tensor.shape[0] == 1:  # one image: broadcast it, one pass over the chunk
+            return torch.mul(input_tensor.expand(len(rows), *input_tensor.shape[1:]), chunk)
         # the indexed input is a fresh copy: multiply in place (no second input-sized buffer per chunk)
-        return input_tensor[image[rows.to(image.device)]].mul_(chunk.to(input_tensor.dtype).unsqueeze(1))
+        return input_tensor[image[rows.to(image.device)]].mul_(chunk)
 
     def targets_for(start: int, stop: int) -> list:
         return [targets[image_of[j % count]] for j in range(start, stop)]

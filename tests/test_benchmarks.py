@@ -140,14 +140,39 @@ def test_scorecam_large_suite_reports_each_library(bench_cam, monkeypatch):
     monkeypatch.setattr(bench_cam, "_model", lambda name, device: torchvision.models.resnet18(weights=None).eval())
     seen = {}
 
-    def runners(model, layer, x, classes, chunk):
-        seen.update(shape=tuple(x.shape), chunk=chunk)
+    def runners(model, layer, x, classes, chunk, channels=None):
+        seen.update(shape=tuple(x.shape), chunk=chunk, channels=channels)
         return {lib: (lambda: None) for lib in bench_cam.LIBRARIES}
 
     monkeypatch.setattr(bench_cam, "scorecam_runners", runners)
     rows = bench_cam.main(["--suites", "scorecam-large"])
-    assert seen == {"shape": (1, 3, 224, 224), "chunk": 32}
+    assert seen == {"shape": (1, 3, 224, 224), "chunk": 32, "channels": None}
     assert rows[0]["suite"] == "scorecam-large" and all(f"{lib}_s" in rows[0] for lib in bench_cam.LIBRARIES)
+    assert rows[0]["all_channels"] and rows[0]["rounds"] == 1
+
+
+def test_cut_down_scorecam_runs_count_forward_passes_and_agree_with_the_reference(bench_cam, capsys):
+    """The cut-down runs of the long ScoreCAM configurations (first N channels only):
+    the images each library's model saw, the time outside the model, the same maps."""
+    rows = bench_cam.main([
+        "--suites", "scorecam-large", "scorecam-frcnn", "--large-model", "resnet18", "--large-size", "64",
+        "--large-channels", "6", "--large-chunk", "4", "--large-rounds", "2",
+        "--frcnn-size", "64", "--frcnn-channels", "2", "--frcnn-chunk", "2",
+    ])
+    large, frcnn = rows
+    assert (large["suite"], large["channels"], large["all_channels"]) == ("scorecam-large", 6, False)
+    assert "torchcam_s" not in large  # torchcam cannot explain a subset of the channels
+    assert large["grad-cam_images"] == 1 + 6  # the capture pass, then one per channel
+    assert 2 <= large["camlib_images"] <= 1 + 6  # camlib scores each distinct mask once
+    for row in rows:
+        for lib in ("camlib", "grad-cam"):
+            assert 0 < row[f"{lib}_forward_s"] <= row[f"{lib}_s"]
+            assert row[f"{lib}_outside_model_s"] == pytest.approx(row[f"{lib}_s"] - row[f"{lib}_forward_s"], abs=0.5)
+        assert row["max_abs_diff_vs_grad-cam"] <= 1e-4
+    assert frcnn["suite"] == "scorecam-frcnn" and frcnn["channels"] == 2
+    assert frcnn["grad-cam_images"] == 1 + 2
+    table = capsys.readouterr().out
+    assert "Faster R-CNN tutorial configuration" in table and "the first 6 channels only" in table
 
 
 def test_autocast_suite_compares_half_precision_maps_and_catches_blank_ones(bench_cam):
