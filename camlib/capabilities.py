@@ -51,6 +51,11 @@ class Capabilities:
             ``base_method`` (FinerCAM, RefineCAM, SESS).
         needs_attention: explains a transformer's attention modules, so a
             model without them is refused.
+        gain_over_baseline: the map keeps only the positive part of the
+            target score's gains over a reference input (GroupCAM: the
+            blurred input), so an image in which no region raises the
+            target's score gets an all-zero map, with a
+            :class:`~camlib.utils.messages.BlankMapWarning` that says so.
     """
 
     gradients: bool = True
@@ -68,6 +73,7 @@ class Capabilities:
     stochastic: bool = False
     wraps_method: bool = False
     needs_attention: bool = False
+    gain_over_baseline: bool = False
 
     def but(self, **changes: Any) -> Capabilities:
         """A copy with some fields changed (for a subclass that differs from its parent)."""

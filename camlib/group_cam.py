@@ -11,11 +11,13 @@ from camlib._ops import broadcast_weights, spatial_dims
 from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
+from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores
-from camlib.utils.image import gaussian_blur
-from camlib.utils.tail_scoring import class_probabilities
+from camlib.utils.image import at_least_float32, gaussian_blur
+from camlib.utils.messages import BlankMapWarning, warn_user
+from camlib.utils.tail_scoring import probability_scoring
 
-__all__ = ["GroupCAM", "group_masks"]
+__all__ = ["GroupCAM", "group_masks", "warn_if_blank"]
 
 
 def group_masks(
@@ -46,6 +48,7 @@ def group_masks(
     return scaled.reshape(up.shape), valid
 
 
+@register_method("groupcam", title="Group-CAM")
 class GroupCAM(BaseCAM):
     r"""Group-CAM.
 
@@ -73,6 +76,19 @@ class GroupCAM(BaseCAM):
     scores the raw target; outputs other than a ``[B, classes]`` tensor are never
     softmaxed), groups with a constant map skipped.
 
+    With ``softmax=True`` and a model whose scores (found as every camlib
+    method finds them: :meth:`~camlib.base_cam.BaseCAM.model_scores`, ``output_adapter``)
+    are ``[B, classes]``, the targets are called on the class probabilities (the
+    sigmoid of a single logit); other outputs (segmentation maps, a detector's boxes)
+    go to the targets as the model returned them. The masks, the blur and the blend
+    are computed in float32 whatever the model's precision.
+
+    A blank map is a result, not a failure: when no group's masked input scores the
+    target above the blurred input (a class the model does not see in the image, an
+    untrained model), :math:`L^c` is zero everywhere and a
+    :class:`~camlib.utils.messages.BlankMapWarning` names the images and the best gain
+    (the capability record's ``gain_over_baseline``). The authors' code returns None there.
+
     Cost: one forward and one backward pass, then ``groups + 1`` forward passes
     per image (the blurred baseline and each group's masked input), ``batch_size``
     at a time. Output: ``np.float32 [B, H, W]`` (``[B, D, H, W]`` for 5-D input) in [0, 1].
@@ -87,10 +103,6 @@ class GroupCAM(BaseCAM):
         blur_kernel: the blur's taps, odd (51).
         **kwargs: passed to :class:`~camlib.base_cam.BaseCAM` (``batch_size``, ``progress``, ...).
 
-    Not in the method registry yet, so ``cam.py`` and ``camlib explain`` do not offer it: it
-    does not yet pass the shared all-methods suite everywhere (structured model outputs read
-    through ``output_adapter``, half precision, detectors, 3-D segmenters).
-
     Example:
         >>> import torch, torchvision
         >>> from camlib import GroupCAM
@@ -101,7 +113,9 @@ class GroupCAM(BaseCAM):
         ((2, 64, 64), dtype('float32'))
     """
 
-    capabilities = Capabilities(extra_forwards=True, default_batch_size=32, eigen_smooth=False)
+    capabilities = Capabilities(
+        extra_forwards=True, default_batch_size=32, eigen_smooth=False, gain_over_baseline=True
+    )
 
     def __init__(
         self,
@@ -127,12 +141,18 @@ class GroupCAM(BaseCAM):
 
     def layer_map(self, capture: Capture, index: int, eigen_smooth: bool) -> torch.Tensor:
         """The score-weighted sum of the group masks ``[B, *S]`` at the input's resolution."""
-        x, targets = capture.input, list(capture.targets)
+        x = capture.input
+        transform, targets = (
+            probability_scoring(self.model_scores, capture.outputs, capture.targets)
+            if self.softmax
+            else (None, list(capture.targets))
+        )
         activations, grads = capture.activations[index], capture.gradients[index]
         batch, size = x.shape[0], tuple(x.shape[2:])
-        masks, valid = group_masks(activations, grads, self.groups, size)
+        masks, valid = group_masks(at_least_float32(activations), at_least_float32(grads), self.groups, size)
         groups = masks.shape[1]
-        blurred = gaussian_blur(x, self.blur_sigma, self.blur_kernel, border="reflect")
+        image32 = at_least_float32(x)  # blur and blend in float32, then run the model in its own dtype
+        blurred = gaussian_blur(image32, self.blur_sigma, self.blur_kernel, border="reflect")
         # input i: image i // (groups + 1); slot 0 is the blurred baseline, slot g + 1 group g's mask
         per_image = groups + 1
 
@@ -140,15 +160,42 @@ class GroupCAM(BaseCAM):
             rows = torch.arange(start, stop, device=x.device)
             image, slot = rows // per_image, rows % per_image
             mask = masks[image, (slot - 1).clamp_min(0)] * (slot > 0).reshape(-1, *[1] * len(size))
-            mask = mask[:, None].to(x.dtype)
-            return x[image] * mask + blurred[image] * (1 - mask)
+            mask = mask[:, None].to(image32.dtype)
+            return (image32[image] * mask + blurred[image] * (1 - mask)).to(x.dtype)
 
         def targets_for(start: int, stop: int) -> list:
             return [targets[i // per_image] for i in range(start, stop)]
 
-        model = self.model if not self.softmax else (lambda inputs: class_probabilities(self.model(inputs)))
+        model = self.model if transform is None else (lambda inputs: transform(self.model(inputs)))
         scores = batched_target_scores(
             model, batch * per_image, make_inputs, targets_for, self.batch_size, self.progress, desc="GroupCAM"
         ).to(x.device).reshape(batch, per_image)
         gains = (scores[:, 1:] - scores[:, :1]) * valid
-        return (broadcast_weights(gains, masks) * masks).sum(dim=1)
+        result = (broadcast_weights(gains.to(masks.dtype), masks) * masks).sum(dim=1)
+        warn_if_blank(result, gains, valid, scores[:, 0])
+        return result
+
+
+def warn_if_blank(maps: torch.Tensor, gains: torch.Tensor, valid: torch.Tensor, baseline: torch.Tensor) -> None:
+    """Warn (:class:`~camlib.utils.messages.BlankMapWarning`) about the images whose Group-CAM map
+    ``[B, *S]`` is nowhere positive, saying why: no valid group, or no gain over the baseline."""
+    blank = maps.flatten(1).amax(dim=1) <= 0
+    if not bool(blank.any()):
+        return
+    images = blank.nonzero()[:, 0].tolist()
+    first = images[0]
+    if not bool(valid[first].any()):
+        why = (
+            "every channel group's map is constant after the 70th-percentile threshold, so no group masks the "
+            "input (the layer's gradient-weighted activations carry no spatial information: try an earlier layer "
+            "or fewer groups)"
+        )
+    else:
+        best = float(gains[first][valid[first]].max())
+        why = (
+            f"no channel group's masked input raises the target's score above the blurred input's "
+            f"({float(baseline[first]):.4g}; best gain {best:.3g}), so Group-CAM has no region to show: the model "
+            "does not find the target in the image more than in its blurred copy. Explain a target the model sees "
+            "(targets=None picks each image's top class) or use a trained model"
+        )
+    warn_user(f"GroupCAM: the map of image(s) {images[:5]} is blank: {why}", BlankMapWarning)

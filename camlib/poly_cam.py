@@ -12,9 +12,11 @@ from camlib._ops import broadcast_weights
 from camlib.base_cam import BaseCAM
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture
+from camlib.registry import register_method
 from camlib.score_cam import distinct_channel_maps
 from camlib.utils.batched import batched_target_scores, score_outputs
-from camlib.utils.tail_scoring import class_probabilities
+from camlib.utils.image import at_least_float32
+from camlib.utils.tail_scoring import probability_scoring
 
 __all__ = ["PolyCAM", "local_relevance_normalization", "poly_cam_masks", "poly_combine"]
 
@@ -32,14 +34,19 @@ def _resize(maps: torch.Tensor, size: tuple) -> torch.Tensor:
 def poly_cam_masks(maps: torch.Tensor, size: tuple) -> torch.Tensor:
     """Poly-CAM's masks: ``[n, *s]`` channel maps -> ``[n, *size]`` in [0, 1].
 
-    Each map is shifted by its 0.1th percentile, divided by its 99.9th percentile
-    (at least 1e-12), clipped to [0, 1] and upsampled ((bi/tri)linearly, corners
-    not aligned) to ``size``, as in the authors' code.
+    Each map is shifted by its 0.1th percentile, divided by the distance between
+    its 0.1th and 99.9th percentiles (at least 1e-12), clipped to [0, 1] and
+    upsampled ((bi/tri)linearly, corners not aligned) to ``size``. The authors'
+    code divides by the 99.9th percentile alone, the same for the post-ReLU
+    activations it was written for (their 0.1th percentile is 0); dividing by
+    the range keeps the masks of signed activations (LayerNorm tokens, FPN
+    levels) in [0, 1] instead of saturating every channel whose values are all
+    negative to an all-one mask.
     """
-    flat = maps.float().flatten(1)
-    q = torch.tensor([OUTLIER_PERCENT / 100, 1 - OUTLIER_PERCENT / 100], device=flat.device)
+    flat = at_least_float32(maps).flatten(1)
+    q = torch.tensor([OUTLIER_PERCENT / 100, 1 - OUTLIER_PERCENT / 100], device=flat.device, dtype=flat.dtype)
     low, high = torch.quantile(flat, q, dim=1)
-    scaled = ((flat - low[:, None]) / high.clamp_min(1e-12)[:, None]).clamp(0, 1)
+    scaled = ((flat - low[:, None]) / (high - low).clamp_min(1e-12)[:, None]).clamp(0, 1)
     return _resize(scaled.reshape(maps.shape), size)
 
 
@@ -61,6 +68,7 @@ def poly_combine(layer_maps: List[torch.Tensor], lnorm: bool = True) -> torch.Te
     return combined
 
 
+@register_method("polycam", title="Poly-CAM")
 class PolyCAM(BaseCAM):
     r"""Poly-CAM (PCAM+, PCAM- and PCAM+/-).
 
@@ -68,7 +76,8 @@ class PolyCAM(BaseCAM):
     activation map for convolutional neural networks", 2022. https://arxiv.org/abs/2204.13359
 
     For each target layer :math:`l`, with :math:`M_k` channel :math:`k`
-    normalised (0.1th / 99.9th percentiles, clipped to [0, 1]) and upsampled to
+    normalised (shifted by its 0.1th percentile, divided by the distance to its
+    99.9th, clipped to [0, 1]) and upsampled to
     the input, and :math:`p^c` the softmax probability of the target:
 
     .. math::
@@ -87,12 +96,20 @@ class PolyCAM(BaseCAM):
     resolution.
 
     Choices follow the authors' published code (aenglebert/polycam): the
-    percentile normalisation of the masks (divided by the 99.9th percentile,
-    not by the range), the softmax of the logits (``softmax=False`` scores the
-    raw target), local normalisation on, PCAM+/- by default (their README's
-    example). The final map is min-max scaled (the authors' code clips at the
-    percentiles again). Layers are combined from the coarsest grid to the
-    finest, whatever their order in ``target_layers``.
+    percentile normalisation of the masks (0.1th and 99.9th percentiles; they
+    divide by the 99.9th alone, which is the same on post-ReLU activations, see
+    :func:`poly_cam_masks`), the softmax of the logits (the sigmoid of a single
+    logit; ``softmax=False`` scores the raw target), local normalisation on,
+    PCAM+/- by default (their README's example), the masked inputs of PCAM-
+    masked by ``1 - M_k``. The final map is min-max scaled (the authors' code
+    clips at the percentiles again). Layers are combined from the coarsest grid
+    to the finest, whatever their order in ``target_layers``.
+
+    With ``softmax=True`` and a model whose scores (found as every
+    camlib method finds them: :meth:`~camlib.base_cam.BaseCAM.model_scores`,
+    ``output_adapter``) are ``[B, classes]``, the targets are called on the
+    class probabilities; other outputs (segmentation maps, a detector's boxes)
+    go to the targets as the model returned them.
 
     Cost: one forward pass, then per image and layer one masked forward pass
     per distinct channel map (two for ``"+-"``), ``batch_size`` at a time, no
@@ -108,10 +125,6 @@ class PolyCAM(BaseCAM):
         softmax: score class probabilities (default) or the raw target.
         lnorm: local relevance normalisation (default True).
         **kwargs: passed to :class:`~camlib.base_cam.BaseCAM` (``batch_size``, ``progress``, ...).
-
-    Not in the method registry yet, so ``cam.py`` and ``camlib explain`` do not offer it: it
-    does not yet pass the shared all-methods suite everywhere (structured model outputs read
-    through ``output_adapter``, half precision, detectors, 3-D segmenters).
 
     Example:
         >>> import torch, torchvision
@@ -150,15 +163,22 @@ class PolyCAM(BaseCAM):
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         """One map: the layers' maps combined from the coarsest to the finest (:func:`poly_combine`)."""
-        maps = [self._layer_weighted_map(capture, i) for i in range(len(capture.layers))]
+        transform, targets = (
+            probability_scoring(self.model_scores, capture.outputs, capture.targets)
+            if self.softmax
+            else (None, list(capture.targets))
+        )
+        scored = self.model if transform is None else (lambda inputs: transform(self.model(inputs)))
+        baseline = score_outputs(capture.outputs if transform is None else transform(capture.outputs), targets)
+        maps = [self._layer_weighted_map(capture, i, scored, targets, baseline) for i in range(len(capture.layers))]
         order = sorted(range(len(maps)), key=lambda i: -math.prod(maps[i].shape[1:]))  # finest first
         return [poly_combine([maps[i] for i in order], self.lnorm)]
 
-    def _scored(self, outputs: Any) -> Any:
-        return class_probabilities(outputs) if self.softmax else outputs
-
-    def _layer_weighted_map(self, capture: Capture, index: int) -> torch.Tensor:
-        x, targets, activations = capture.input, list(capture.targets), capture.activations[index]
+    def _layer_weighted_map(
+        self, capture: Capture, index: int, scored: Callable, targets: list, baseline: torch.Tensor
+    ) -> torch.Tensor:
+        """Layer ``index``'s map ``ReLU(sum_k w_k A^k)``, ``[B, *s]``, with the variant's channel weights."""
+        x, activations = capture.input, capture.activations[index]
         batch, channels = activations.shape[:2]
         maps, image, inverse = distinct_channel_maps(activations)
         count, size = maps.shape[0], tuple(x.shape[2:])
@@ -178,7 +198,7 @@ class PolyCAM(BaseCAM):
             return [targets[image_of[i % count]] for i in range(start, stop)]
 
         scores = batched_target_scores(
-            lambda inputs: self._scored(self.model(inputs)),
+            scored,
             count * len(kinds),
             make_inputs,
             targets_for,
@@ -187,7 +207,7 @@ class PolyCAM(BaseCAM):
             desc="PolyCAM",
         ).to(activations.device)
         per_channel = [s[inverse].reshape(batch, channels) for s in scores.reshape(len(kinds), count)]
-        baseline = score_outputs(self._scored(capture.outputs), targets).to(activations.device)[:, None]
+        baseline = baseline.to(activations.device)[:, None]
         if self.variant == "+":
             weights = per_channel[0]
         elif self.variant == "-":

@@ -138,13 +138,9 @@ class GalleryEntry:
 def _unregistered() -> List[MethodInfo]:
     """Method classes with a documentation page that are not (yet) in the registry."""
     from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
-    from camlib.group_cam import GroupCAM
-    from camlib.poly_cam import PolyCAM
 
     return [
         MethodInfo("ablationcam-multilayer", MultiLayerAblationCAM, "Ablation-CAM (multi-layer)"),
-        MethodInfo("groupcam", GroupCAM, "Group-CAM"),
-        MethodInfo("polycam", PolyCAM, "Poly-CAM"),
     ]
 
 

@@ -10,6 +10,7 @@ import inspect
 
 from camlib.capabilities import Capabilities
 from camlib.registry import MethodInfo, make_cam, methods
+from camlib.utils.messages import BlankMapWarning
 
 
 def _entries() -> dict[str, MethodInfo]:
@@ -65,3 +66,10 @@ def build(name: str, model, layers, **kwargs):
     if "iterations" in inspect.signature(entry.cls.__init__).parameters:
         kwargs.setdefault("iterations", 5)  # OptiCAM: a few optimisation steps keep the suites fast
     return make_cam(entry.name, model, layers, **kwargs)
+
+
+def blank_explained(name: str, caught) -> bool:
+    """Whether a blank map is a result rather than a failure: the method keeps only the target's
+    score gains over a baseline (``capabilities.gain_over_baseline``) and said, with a
+    ``BlankMapWarning`` among the ``caught`` warnings, that nothing in the image raised the score."""
+    return capabilities(name).gain_over_baseline and any(issubclass(w.category, BlankMapWarning) for w in caught)

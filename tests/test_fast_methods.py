@@ -1,4 +1,4 @@
-"""GroupCAM, PolyCAM and OptiCAM (ReciproCAM: tests/test_recipro_cam.py): golden values on hand-set tiny models, paths, bad input."""
+"""OptiCAM (ReciproCAM, GroupCAM, PolyCAM: tests/test_recipro_cam.py, test_group_cam.py, test_poly_cam.py): golden values on hand-set tiny models, paths, bad input."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import pytest
 import torch
 from conftest import TinyCNN, assert_model_untouched, model_snapshot
 
-from camlib.group_cam import GroupCAM, group_masks
 from camlib.opti_cam import OptiCAM, opti_cam_mask
-from camlib.poly_cam import PolyCAM, local_relevance_normalization, poly_cam_masks, poly_combine
-from camlib.utils.image import gaussian_blur
 from camlib.utils.model_targets import ClassifierOutputTarget
 
 
@@ -43,124 +40,9 @@ def _minmax(a):
     return (a - a.min()) / (a.max() - a.min() + 1e-7)
 
 
-# -- GroupCAM ----------------------------------------------------------------------------------------
-def test_group_masks_by_hand():
-    # two channels, gradients averaging to 1 and -1: one group each; 70th percentile of [0, 1, 2, 3] is 2.1
-    activations = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]], [[-1.0, -4.0], [-2.0, -3.0]]]])
-    grads = torch.stack([torch.ones(2, 2), -torch.ones(2, 2)])[None]
-    masks, valid = group_masks(activations, grads, groups=2, size=(2, 2))
-    np.testing.assert_allclose(masks[0, 0].numpy(), [[0, 0], [0, 1]])  # only 3 > 2.1 survives, then scaled
-    np.testing.assert_allclose(masks[0, 1].numpy(), [[0, 1], [0, 0]])  # -1 * A = [1, 4, 2, 3]: 4 > 3.7
-    assert valid.tolist() == [[True, True]]
-    flat, flat_valid = group_masks(torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2), groups=1, size=(4, 4))
-    assert flat_valid.tolist() == [[False]] and float(flat.abs().max()) == 0.0
-
-
-def _group_cam_by_hand(model, x, category, groups):
-    """Group-CAM written out image by image, group by group, with numpy's percentile."""
-    store = {}
-    handle = model.features[4].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-    try:
-        x = x.clone().requires_grad_(False)
-        out = model(x)
-        (grad,) = torch.autograd.grad(out[0, category], store["a"])
-    finally:
-        handle.remove()
-    a = store["a"].detach()
-    weighted = grad.mean(dim=(2, 3))[:, :, None, None] * a
-    blurred = gaussian_blur(x, 50.0, 51, border="reflect")
-    with torch.no_grad():
-        base = torch.softmax(model(blurred), -1)[0, category]
-        total = torch.zeros(x.shape[2:])
-        for chunk in weighted.chunk(groups, 1):
-            m = torch.relu(chunk.sum(1, keepdim=True))
-            m = torch.where(m > float(np.percentile(m.numpy(), 70)), m, torch.zeros_like(m))
-            m = torch.nn.functional.interpolate(m, size=x.shape[2:], mode="bilinear", align_corners=False)
-            if m.max() == m.min():
-                continue
-            m = (m - m.min()) / (m.max() - m.min())
-            score = torch.softmax(model(x * m + blurred * (1 - m)), -1)[0, category] - base
-            total += score * m[0, 0]
-    return _minmax(torch.relu(total).numpy())
-
-
-def test_group_cam_golden():
-    model = TinyCNN().eval()
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    with GroupCAM(model, [model.features[4]], groups=4, batch_size=3, progress=False) as cam:
-        got = cam(x, [ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
-    for i, category in enumerate((1, 3)):
-        np.testing.assert_allclose(got[i], _group_cam_by_hand(model, x[i : i + 1], category, 4), atol=1e-4)
-
-
-def test_group_cam_errors():
-    model = TinyCNN().eval()
-    with pytest.raises(ValueError, match="groups must be a positive integer"):
-        GroupCAM(model, [model.features[4]], groups=0)
-    with pytest.raises(ValueError, match="kernel_size must be odd"):
-        GroupCAM(model, [model.features[4]], blur_kernel=50)
-    with pytest.raises(TypeError, match="softmax must be True or False"):
-        GroupCAM(model, [model.features[4]], softmax=1)
-
-
-# -- PolyCAM -----------------------------------------------------------------------------------------
-def test_poly_combine_by_hand():
-    coarse = torch.full((1, 1, 1), 2.0)
-    fine = torch.tensor([[[1.0, 3.0], [0.0, 4.0]]])
-    # LNorm: the fine map's level at 1x1 is its mean, 2, upsampled: fine / 2; times the upsampled coarse map, 2
-    np.testing.assert_allclose(poly_combine([fine, coarse]).numpy(), fine.numpy())
-    np.testing.assert_allclose(poly_combine([fine, coarse], lnorm=False).numpy(), 2 * fine.numpy())
-    np.testing.assert_allclose(local_relevance_normalization(fine, (1, 1)).numpy(), fine.numpy() / 2)
-
-
-def test_poly_cam_masks_by_hand():
-    maps = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
-    low, high = np.percentile([0, 1, 2, 4], [0.1, 99.9])
-    expected = np.clip((np.array([[0.0, 1.0], [2.0, 4.0]]) - low) / high, 0, 1)
-    np.testing.assert_allclose(poly_cam_masks(maps, (2, 2))[0].numpy(), expected, rtol=1e-5)
-
-
 def _softmax(v):
     e = np.exp(v - v.max())
     return e / e.sum()
-
-
-@pytest.mark.parametrize("variant", ["+", "-", "+-"])
-def test_poly_cam_golden(variant):
-    """ConvGapLinear (the activations are the input): the channel weights written out with numpy."""
-    model = ConvGapLinear(W, B).eval()
-    w, b, a = np.array(W), np.array(B), X[0].numpy()
-    category = 1
-
-    def prob(image):
-        return _softmax(w @ image.mean(axis=(1, 2)) + b)[category]
-
-    weights = []
-    for k in range(2):
-        low, high = np.percentile(a[k], [0.1, 99.9])
-        mask = np.clip((a[k] - low) / max(high, 1e-12), 0, 1)
-        plus, minus = prob(a * mask), prob(a * (1 - mask))
-        weights.append({"+": plus, "-": max(prob(a) - minus, 0), "+-": max(plus + prob(a) - minus, 0)}[variant])
-    expected = _minmax(np.maximum(np.tensordot(weights, a, axes=1), 0))
-    with PolyCAM(model, [model.conv], variant=variant, progress=False) as cam:
-        got = cam(X, [ClassifierOutputTarget(category)])
-    np.testing.assert_allclose(got[0], expected, atol=1e-5)
-
-
-def test_poly_cam_two_layers_and_errors():
-    model = TinyCNN().eval()
-    x = torch.randn(1, 3, 16, 16)
-    layers = [model.features[2], model.features[6]]  # 16x16 and 8x8
-    with PolyCAM(model, layers, variant="+", batch_size=64, progress=False) as cam:
-        forward_order = cam(x, [ClassifierOutputTarget(0)])
-    with PolyCAM(model, layers[::-1], variant="+", batch_size=64, progress=False) as cam:
-        np.testing.assert_allclose(cam(x, [ClassifierOutputTarget(0)]), forward_order, atol=1e-6)
-    with pytest.raises(ValueError, match="per_layer"):
-        PolyCAM(model, layers)(x, per_layer=True)
-    with pytest.raises(ValueError, match="variant must be one of"):
-        PolyCAM(model, layers, variant="pm")
-    with pytest.raises(TypeError, match="lnorm must be True or False"):
-        PolyCAM(model, layers, lnorm="yes")
 
 
 # -- OptiCAM -----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TinyCNN, assert_model_untouched, model_snapshot
-from methods import RANDOM_METHODS, build, method_names
+from methods import RANDOM_METHODS, build, capabilities, method_names
 
 from camlib import AblationCAM, AblationLayer, DeepFeatureFactorization, GradCAM, GuidedBackpropReLUModel
 from camlib.utils.model_targets import ClassifierOutputTarget
@@ -47,6 +47,13 @@ def _check_close(method, got, expected):
     assert np.isfinite(got).all() and got.min() >= 0 and got.max() <= 1 + 1e-5
     if method in RANDOM_METHODS:
         return
+    blank = got.reshape(len(got), -1).max(axis=1) == 0
+    if capabilities(method).gain_over_baseline and blank.any():
+        # a blank map is a result (nothing raises the target's score): the float32 model's map is blank too
+        np.testing.assert_array_equal(blank, expected.reshape(len(expected), -1).max(axis=1) == 0)
+        got, expected = got[~blank], expected[~blank]
+        if not len(got):
+            return
     assert got.max() > 0
     correlation = np.corrcoef(got.ravel(), expected.ravel())[0, 1]
     assert correlation > MIN_CORRELATION.get(method, 0.98), f"{method}: correlation {correlation:.3f}"

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_model_untouched, get_model, make_input, model_snapshot, optional
-from methods import ATTENTION_METHODS, PERTURBATION_METHODS, RANDOM_METHODS, build, capabilities, method_names
+from methods import (
+    ATTENTION_METHODS,
+    PERTURBATION_METHODS,
+    RANDOM_METHODS,
+    blank_explained,
+    build,
+    capabilities,
+    method_names,
+)
 
 import camlib
 from camlib import EigenCAM, GradCAM
@@ -89,7 +97,7 @@ def test_every_method_on_timm_default_layers(key, method):
     assert maps.shape == (x.shape[0], *x.shape[2:]) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-5
     blank = maps.reshape(x.shape[0], -1).max(axis=1) == 0
-    if not _blank_is_expected(method, 4 if key in ("swin", "convnext") else 16):
+    if not _blank_is_expected(method, 4 if key in ("swin", "convnext") else 16) and not blank_explained(method, caught):
         assert not blank.any(), f"{method} gave a blank map on {key}"
     assert_model_untouched(model, before)
 

@@ -7,9 +7,14 @@ import sys
 import warnings
 from typing import Type
 
-__all__ = ["warn_user"]
+__all__ = ["BlankMapWarning", "warn_user"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BlankMapWarning(UserWarning):
+    """A method returned an all-zero map for some image because, by its definition, nothing in the
+    image raises the target's score (methods whose capability record has ``gain_over_baseline``)."""
 
 
 def _user_stacklevel() -> int:
