@@ -15,7 +15,7 @@ from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.image import at_least_float32, gaussian_blur
 from camlib.utils.messages import BlankMapWarning, warn_user
-from camlib.utils.tail_scoring import probability_scoring
+from camlib.utils.tail_scoring import class_probabilities
 
 __all__ = ["GroupCAM", "group_masks", "warn_if_blank"]
 
@@ -142,11 +142,8 @@ class GroupCAM(BaseCAM):
     def layer_map(self, capture: Capture, index: int, eigen_smooth: bool) -> torch.Tensor:
         """The score-weighted sum of the group masks ``[B, *S]`` at the input's resolution."""
         x = capture.input
-        transform, targets = (
-            probability_scoring(self.model_scores, capture.outputs, capture.targets)
-            if self.softmax
-            else (None, list(capture.targets))
-        )
+        targets = list(capture.targets)
+        transform = (lambda out: class_probabilities(out, self.model_scores)) if self.softmax else None
         activations, grads = capture.activations[index], capture.gradients[index]
         batch, size = x.shape[0], tuple(x.shape[2:])
         masks, valid = group_masks(at_least_float32(activations), at_least_float32(grads), self.groups, size)

@@ -16,7 +16,7 @@ from camlib.registry import register_method
 from camlib.score_cam import distinct_channel_maps
 from camlib.utils.batched import batched_target_scores, score_outputs
 from camlib.utils.image import at_least_float32
-from camlib.utils.tail_scoring import probability_scoring
+from camlib.utils.tail_scoring import class_probabilities
 
 __all__ = ["PolyCAM", "local_relevance_normalization", "poly_cam_masks", "poly_combine"]
 
@@ -163,11 +163,8 @@ class PolyCAM(BaseCAM):
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         """One map: the layers' maps combined from the coarsest to the finest (:func:`poly_combine`)."""
-        transform, targets = (
-            probability_scoring(self.model_scores, capture.outputs, capture.targets)
-            if self.softmax
-            else (None, list(capture.targets))
-        )
+        targets = list(capture.targets)
+        transform = (lambda out: class_probabilities(out, self.model_scores)) if self.softmax else None
         scored = self.model if transform is None else (lambda inputs: transform(self.model(inputs)))
         baseline = score_outputs(capture.outputs if transform is None else transform(capture.outputs), targets)
         maps = [self._layer_weighted_map(capture, i, scored, targets, baseline) for i in range(len(capture.layers))]

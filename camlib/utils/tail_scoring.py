@@ -34,18 +34,10 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from camlib.utils.batched import batched_target_scores
 from camlib.utils.fx_split import LayerSplit, outputs_match, split_after_layer
-from camlib.utils.model_outputs import OutputAdaptedTarget
 from camlib.utils.model_state import eager_module
 from camlib.utils.validation import model_device, model_float_dtype
 
-__all__ = [
-    "TailScores",
-    "checked_split",
-    "class_probabilities",
-    "concat_outputs",
-    "probability_scoring",
-    "score_layer_copies",
-]
+__all__ = ["TailScores", "checked_split", "class_probabilities", "concat_outputs", "score_layer_copies"]
 
 logger = logging.getLogger(__name__)
 
@@ -327,26 +319,3 @@ def score_layer_copies(
         handle.remove()
         replacement.clear()
     return TailScores(scores.to(device), "full")
-
-
-def probability_scoring(
-    model_scores: Callable[[Any], Any], outputs: Any, targets: Sequence[Callable]
-) -> tuple[Optional[Callable[[Any], Any]], list]:
-    """How a method that scores class probabilities applies its targets: ``(transform, targets)``.
-
-    When the class scores in ``outputs`` (``model_scores(outputs)``: the CAM's
-    :meth:`~camlib.base_cam.BaseCAM.model_scores`, which reads structured outputs and applies
-    ``output_adapter``) are a floating-point ``[B, classes]`` tensor, ``transform`` turns a
-    model output into :func:`class_probabilities` of its scores, and the targets are returned
-    with any :class:`~camlib.utils.model_outputs.OutputAdaptedTarget` unwrapped (they are called
-    on the probabilities, not on the raw output). Otherwise (a segmentation map, a detector's
-    boxes) the transform is None and the targets, unchanged, see the raw output.
-    """
-    try:
-        scores = model_scores(outputs)
-    except TypeError:  # no class scores in the output (a detector's dicts)
-        return None, list(targets)
-    if not (isinstance(scores, torch.Tensor) and scores.ndim == 2 and scores.is_floating_point()):
-        return None, list(targets)
-    plain = [target.target if isinstance(target, OutputAdaptedTarget) else target for target in targets]
-    return (lambda out: class_probabilities(model_scores(out))), plain
