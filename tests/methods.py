@@ -65,8 +65,6 @@ def build(name: str, model, layers, **kwargs):
         kwargs.setdefault("num_samples", 1)  # SSCAM, ISCAM, SmoothGradCAMpp: one sample keeps the suites fast
     if "iterations" in inspect.signature(entry.cls.__init__).parameters:
         kwargs.setdefault("iterations", 5)  # OptiCAM: a few optimisation steps keep the suites fast
-    if "variant" in inspect.signature(entry.cls.__init__).parameters:
-        kwargs.setdefault("variant", "+")  # PolyCAM: PCAM+ scores each channel once (Score-CAM's cost), not twice
     return make_cam(entry.name, model, layers, **kwargs)
 
 
