@@ -188,6 +188,8 @@ class ReciproCAM(BaseCAM):
         split_model: run only the part after the target layer when it can be split off
             (default True); False always runs the whole model.
         last_paths: for the last call, per target layer, ``"split"`` or ``"full"``.
+        split_cache: the model's split per target layer, traced on the first call, checked on
+            every call and traced again when the model changed; :meth:`release` empties it.
 
     Example:
         >>> import torch, torchvision
