@@ -65,7 +65,7 @@ from camlib.demo import (
 )
 from camlib.demo.model import DEMO_MEAN, DEMO_STD
 from camlib.demo.vit import demo_vit_target_layers, load_demo_vit, load_vit_model_card
-from camlib.registry import make_cam
+from camlib.registry import get_method, make_cam
 from camlib.registry import methods as registered_methods
 from camlib.sobel_cam import sobel_cam
 from camlib.utils.image import show_cam_on_image
@@ -671,6 +671,22 @@ def _reading(results: Dict, rows: List[str]) -> List[str]:
                 + ", ".join(shown[n] for n in noise)
                 + "."
             )
+    attention = [n for n in methods_rows if _needs_attention(results[n].get("method", ""))]
+    if attention and len(attention) < len(methods_rows):
+        ranked = sorted(attention, key=lambda n: -mean[n]["energy_mask"])
+        lines.append(
+            "- Of the attention methods, by energy in the mask: "
+            + ", ".join(f"{shown[n]} ({mean[n]['energy_mask']:.1f} %, pointing game {mean[n]['pointing_game']:.0f} %)" for n in ranked)
+            + "."
+        )
+    agnostic = [n for n in methods_rows if mean[n]["rho_head"] > 0.9]
+    if agnostic:
+        lines.append(
+            "- Unchanged when the classifier head is randomised (rho above 0.9): their map does not depend on the "
+            "explained class, so with two objects in an image it cannot tell which is asked for: "
+            + ", ".join(f"{shown[n]} ({mean[n]['rho_head']:.2f})" for n in agnostic)
+            + "."
+        )
     fixed = [n for n in methods_rows if mean[n]["rho_all"] > 0.5]
     if fixed:
         lines.append(
@@ -680,6 +696,13 @@ def _reading(results: Dict, rows: List[str]) -> List[str]:
             + "."
         )
     return lines
+
+
+def _needs_attention(name: str) -> bool:
+    try:
+        return get_method(name).capabilities.needs_attention
+    except (KeyError, ValueError):  # a baseline, or a method no longer registered
+        return False
 
 
 def write_report(path: Path, results: Dict, info: Dict, figures: Dict[str, str]) -> None:
