@@ -25,11 +25,19 @@ Suites:
   on the CPU, each library runs in a fresh subprocess and the peak resident set
   (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the call) is
   compared with the resident set before it; on CUDA,
-  ``torch.cuda.max_memory_allocated`` around the call.
+  ``torch.cuda.max_memory_allocated`` around the call. ``--memory-methods``
+  adds SSCAM and ISCAM (the ``score-methods`` setting, against torchcam).
 * ``scorecam-large``: ScoreCAM in the reference's ``cam.py`` configuration:
   resnet50 ``layer4[-1]``, one 224x224 image, 32 masked inputs per forward for
   every library (``--large-rounds`` rounds, 1 by default: 2048 channels make
-  each call long on a CPU).
+  each call long on a CPU; ``--large-channels N`` explains only the first N
+  channels, camlib and grad-cam only). Each library's forward passes are timed
+  apart (the model wrapped in :class:`ForwardTimer`): the table gives the images
+  it ran the model on and its time outside the model.
+* ``scorecam-frcnn``: ScoreCAM in grad-cam's Faster R-CNN tutorial configuration
+  (fasterrcnn_resnet50_fpn with weights=None, ``model.backbone`` through
+  ``fasterrcnn_reshape_transform``, ``FasterRCNNBoxScoreTarget``), camlib against
+  grad-cam; ``--frcnn-size``, ``--frcnn-channels``, ``--frcnn-rounds``.
 * ``score-methods``: SSCAM, ISCAM and SmoothGradCAMpp against torchcam's
   (resnet18 ``layer4[-1]``, ``--methods-batch`` images of ``--methods-size``
   pixels, ``--methods-samples`` samples, 64 masked inputs per forward).
