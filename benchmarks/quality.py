@@ -924,6 +924,11 @@ def _run(config: argparse.Namespace) -> Dict:
         kept = previous["results"].get(method.row) if previous else None
         if kept is not None:  # --merge: the earlier run's scores
             results[method.row] = kept
+            if config.redraw:  # the maps only, for the figures
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    all_maps[method.row], seconds = compute_maps(method, model, layers, samples, config.batch_size)
+                map_seconds += seconds
             print(f"[{number:2d}/{len(rows)}] {method.row:24s} kept from an earlier run", flush=True)
             continue
         with warnings.catch_warnings():
@@ -969,7 +974,7 @@ def _run(config: argparse.Namespace) -> Dict:
     figures = FIGURES
     cnn_rows = [n for n in results if results[n]["model"] == "cnn" and n in all_maps]
     vit_rows = [n for n in results if results[n]["model"] == "vit" and n in all_maps]
-    if previous:  # the figures of the earlier run stay; the rows added here are not drawn
+    if previous and not config.redraw:  # the figures of the earlier run stay; the rows added here are not drawn
         cnn_rows = vit_rows = []
     if cnn_rows:
         curve_names = [n for n in CURVE_METHODS if n in cnn_rows] or cnn_rows[:8]
@@ -982,7 +987,7 @@ def _run(config: argparse.Namespace) -> Dict:
         _write(docs / figures["grid_vit"], grid_figure(vit_rows, all_maps, samples, picks))
         _write(docs / figures["curves_vit"], curves_figure(results, curve_names[:8]))
     strip_model = "cnn" if "cnn" in models else "vit"
-    if previous:
+    if previous and not config.redraw:
         strip_info = previous["info"]["randomisation_strip"]
         strip_model = previous["info"].get("randomisation_strip_model", "cnn")
     else:
@@ -1020,7 +1025,7 @@ def _run(config: argparse.Namespace) -> Dict:
             info[key] += earlier[key]
         info["load_before"] = earlier["load_before"]
         added = [row for row in results if row not in previous["kept_here"]]
-        info["merged_rows"] = [*earlier.get("merged_rows", []), *added]
+        info["merged_rows"] = [] if config.redraw else [*earlier.get("merged_rows", []), *added]
     (docs / figures["json"]).write_text(json.dumps({"info": info, "results": results}, indent=1), encoding="utf-8")
     write_report(docs / "quality.md", results, info, figures)
     print(f"wrote {docs / 'quality.md'} and {image_dir}/ in {seconds:.0f} s (load {info['load_after']})")
@@ -1103,6 +1108,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="METHOD",
         help="keep the scores of the rows an earlier run with the same settings left in --docs (except the "
         "METHODs named) and score only the others (methods registered since); the earlier run's figures stay",
+    )
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="with --merge: recompute every row's maps (not its scores) and draw the figures with every row",
     )
     parser.add_argument(
         "--merge-from",

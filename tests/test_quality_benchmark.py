@@ -88,5 +88,10 @@ def test_merge_scores_only_the_new_rows(quality, tmp_path):
     assert (first / quality.FIGURES["grid"]).read_bytes() == figure  # the first run's figures stay
     report = (first / "quality.md").read_text(encoding="utf-8")
     assert "| Attention rollout |" in report and "figures: random map, ViT: Attention rollout, ViT: random map." in report
+    assert quality.main([*quick, "--docs", str(first), "--merge", "--redraw", "--methods", "cam"]) == 0  # all drawn
+    redrawn = json.loads((first / quality.FIGURES["json"]).read_text(encoding="utf-8"))
+    assert redrawn["results"] == after["results"] and redrawn["info"]["merged_rows"] == []
+    assert (first / quality.FIGURES["grid"]).read_bytes() != figure
+    assert "not drawn" not in (first / "quality.md").read_text(encoding="utf-8")
     with pytest.raises(SystemExit, match="other settings"):
         quality.main(["--quick", "--steps", "5", "--docs", str(first), "--merge"])
