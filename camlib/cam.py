@@ -53,7 +53,7 @@ class CAM(BaseCAM):
         (1, 64, 64)
     """
 
-    capabilities = Capabilities(gradients=False, differentiable=True)
+    capabilities = Capabilities(gradients=False, differentiable=True, classifier_weights=True)
 
     def __init__(
         self,

@@ -56,6 +56,20 @@ class Capabilities:
             blurred input), so an image in which no region raises the
             target's score gets an all-zero map, with a
             :class:`~camlib.utils.messages.BlankMapWarning` that says so.
+        classifier_weights: weights the target layer's channels by a row of
+            the model's final ``nn.Linear``, so the model needs that classifier,
+            the target layer must feed it (through global pooling), and each
+            target is read for its ``category`` instead of being called (CAM).
+        layer_fusion: how the maps of several target layers become one:
+            ``"mean"`` (the mean of the per-layer maps, rescaled to [0, 1]) or
+            ``"product"`` (RefineCAM).
+        detectors: explains object detectors, whose outputs are lists of
+            detections scored by targets such as ``FasterRCNNBoxScoreTarget``.
+        min_positions: the fewest spatial positions a target layer needs for a
+            map that is not blank by construction (FEM keeps positions beyond
+            2 standard deviations, which no position reaches on fewer than 6).
+        top_class_default: ``targets=None`` explains each image's top class
+            (FinerCAM instead contrasts it with the most similar classes).
     """
 
     gradients: bool = True
@@ -74,6 +88,16 @@ class Capabilities:
     wraps_method: bool = False
     needs_attention: bool = False
     gain_over_baseline: bool = False
+    classifier_weights: bool = False
+    layer_fusion: str = "mean"
+    detectors: bool = True
+    min_positions: int = 1
+    top_class_default: bool = True
+
+    @property
+    def calls_targets(self) -> bool:
+        """Whether the method calls the target objects (class-specific methods other than CAM)."""
+        return self.class_specific and not self.classifier_weights
 
     def but(self, **changes: Any) -> Capabilities:
         """A copy with some fields changed (for a subclass that differs from its parent)."""

@@ -50,7 +50,7 @@ class FEM(BaseCAM):
         (1, 64, 64)
     """
 
-    capabilities = Capabilities(gradients=False, class_specific=False)
+    capabilities = Capabilities(gradients=False, class_specific=False, min_positions=6)
 
     def __init__(
         self,

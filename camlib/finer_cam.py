@@ -159,7 +159,7 @@ class FinerCAM(CAMWrapper):
         ((2, 64, 64), dtype('float32'))
     """
 
-    capabilities = GradCAM.capabilities.but(wraps_method=True, differentiable=False)
+    capabilities = GradCAM.capabilities.but(wraps_method=True, differentiable=False, top_class_default=False)
 
     def __init__(
         self,

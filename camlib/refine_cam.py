@@ -69,7 +69,7 @@ class RefineCAM(CAMWrapper):
         ((2, 64, 64), dtype('float32'))
     """
 
-    capabilities = GradCAMPlusPlus.capabilities.but(wraps_method=True, differentiable=False)
+    capabilities = GradCAMPlusPlus.capabilities.but(wraps_method=True, differentiable=False, layer_fusion="product")
 
     def __init__(
         self,

@@ -262,7 +262,8 @@ class SESS(CAMWrapper):
     """
 
     capabilities = GradCAM.capabilities.but(
-        wraps_method=True, volumetric=False, per_layer=False, differentiable=False, extra_forwards=True
+        wraps_method=True, volumetric=False, per_layer=False, differentiable=False, extra_forwards=True,
+        detectors=False,
     )
 
     def __init__(

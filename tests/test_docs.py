@@ -134,10 +134,10 @@ NO_PAPER = {"EigenGradCAM", "GradCAMElementWise", "RandomCAM"}
 
 
 def _method_classes():
-    wrappers = {"FinerCAM", "RefineCAM", "SESS"}
+    bases = (camlib.BaseCAM, camlib.CAMWrapper)
     for name in camlib.__all__:
         obj = getattr(camlib, name)
-        if inspect.isclass(obj) and obj is not camlib.BaseCAM and (issubclass(obj, camlib.BaseCAM) or name in wrappers):
+        if inspect.isclass(obj) and obj not in bases and issubclass(obj, bases):
             yield name, obj
 
 

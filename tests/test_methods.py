@@ -19,9 +19,13 @@ METHODS = method_names()
 HEAVY_ARCHS = {"vgg11", "densenet121", "vit_b_16", "swin_t"}
 
 
+#: Architectures whose target layer in ARCHS does not feed the final linear layer through global pooling.
+LAYER_NOT_BEFORE_CLASSIFIER = {"vgg11", "mobilenet_v3_small", "densenet121"}
+
+
 def _not_applicable(method: str, arch: str) -> bool:
-    # CAM needs the layer right before pooling to feed the final linear layer directly.
-    return method == "CAM" and arch in ("vgg11", "mobilenet_v3_small", "densenet121")
+    # a method reading the classifier's weights needs the layer right before pooling
+    return capabilities(method).classifier_weights and arch in LAYER_NOT_BEFORE_CLASSIFIER
 
 
 def test_every_method_is_collected():
@@ -99,8 +103,10 @@ def test_per_layer_maps(method):
         with pytest.raises(ValueError, match="per_layer"):
             build(method, model, [model.layer3[-1], model.layer4[-1]])(x, per_layer=True)
         return
-    # CAM needs layers that feed the classifier's 512 features; the others compare two resolutions.
-    layers = [model.layer4[0], model.layer4[-1]] if method == "CAM" else [model.layer3[-1], model.layer4[-1]]
+    # a method reading the classifier's weights needs layers with its 512 input features;
+    # the others compare two resolutions.
+    caps = capabilities(method)
+    layers = [model.layer4[0], model.layer4[-1]] if caps.classifier_weights else [model.layer3[-1], model.layer4[-1]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cam = build(method, model, layers)
@@ -113,7 +119,7 @@ def test_per_layer_maps(method):
     assert per_layer.shape == (2, 2, 64, 64)
     assert per_layer.dtype == np.float32
     assert per_layer.min() >= 0 and per_layer.max() <= 1 + 1e-5
-    if method not in ("RefineCAM",):
+    if caps.layer_fusion == "mean":
         # the default output is the mean of the per-layer maps, rescaled
         combined = per_layer.mean(axis=1)
         combined = combined - combined.min(axis=(1, 2), keepdims=True)
@@ -166,10 +172,6 @@ def _raising_target(output):
     raise _TargetError("target failed")
 
 
-#: Methods that never call the targets (class-agnostic, or CAM reading ``target.category``).
-TARGETS_NOT_CALLED = {"EigenCAM", "FEM", "KPCA_CAM", "RandomCAM", "CAM"}
-
-
 def _raise_in_forward(module, args, output):
     raise _TargetError("the model failed mid-forward")
 
@@ -178,7 +180,7 @@ def _raise_in_forward(module, args, output):
 @pytest.mark.parametrize("arch", ["tiny_cnn", "tiny_3d"])
 @pytest.mark.parametrize("method", METHODS)
 def test_exception_mid_call_leaves_model_untouched(method, arch, where):
-    if where == "target" and method in TARGETS_NOT_CALLED:
+    if where == "target" and not capabilities(method).calls_targets:  # class-agnostic, or reads target.category
         pytest.skip(f"{method} never calls the targets")
     model = get_model(arch)
     model.train()  # a training-mode model must come back in training mode

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 from conftest import assert_model_untouched, model_snapshot
-from methods import build, method_names
+from methods import build, capabilities, method_names
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.segmentation.fcn import FCN, FCNHead
@@ -104,7 +104,7 @@ def test_every_method_on_a_segmentation_model(method, tiny_fcn):
     region[8:24, 4:20] = 1
     targets = [SemanticSegmentationTarget(1, masks[0]), SemanticSegmentationTarget(2, region)]
     before = model_snapshot(tiny_fcn)
-    if method == "CAM":
+    if capabilities(method).classifier_weights:  # the segmenter has no final linear classifier
         with pytest.raises(TypeError, match=r"nn\.Linear"):
             build(method, tiny_fcn, [tiny_fcn.backbone.body])
         return
@@ -215,18 +215,17 @@ def test_every_method_on_faster_rcnn(method):
     x, targets = _detection_setup(model)
     before = model_snapshot(model)
     layers = [model.backbone]  # its output is a dict of FPN levels: laid out automatically
-    if method == "CAM":
+    caps = capabilities(method)
+    if caps.classifier_weights:  # the box head's linear layer does not read the FPN's channels
         with pytest.raises(ValueError, match="input features"):
             build(method, model, layers)(x, targets)
         return
-    if method == "AblationCAM":
-        pytest.skip("one detector forward pass per channel: see test_faster_rcnn_ablation_cam_picks_the_fpn_layer")
-    if method == "SESS":  # it ranks patches by their class scores, which a detector does not return
+    if not caps.detectors:
         with pytest.raises(TypeError, match="list of detections"):
             build(method, model, layers)(x, targets)
         assert_model_untouched(model, before)
         return
-    if method == "ShapleyCAM":
+    if caps.second_order:  # RoIAlign has no double backward
         with pytest.raises(RuntimeError, match=r"second derivatives.*GradCAM"):
             build(method, model, layers)(x, targets)
         assert_model_untouched(model, before)
@@ -236,7 +235,7 @@ def test_every_method_on_faster_rcnn(method):
         warnings.simplefilter("ignore")
         maps = build(method, model, layers)(x, targets)
     assert maps.shape == (1, 96, 96) and np.isfinite(maps).all()
-    if method != "FEM":  # FEM's 2-sigma outliers need more than the coarsest level's 2x2 positions
+    if caps.min_positions <= 4:  # the coarsest FPN level has 2x2 positions
         assert maps.max() > 0
     assert_model_untouched(model, before)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 from conftest import assert_model_untouched, model_snapshot
-from methods import build, method_names
+from methods import build, capabilities, method_names
 
 from camlib import GradCAM
 from camlib.utils.model_targets import ClassifierOutputTarget, SimilarityToConceptTarget
@@ -58,7 +58,7 @@ def test_every_method_explains_an_image_embedding(method, encoder):
     x = images[:2]
     before = model_snapshot(encoder)
     targets = [SimilarityToConceptTarget(concept)] * 2
-    if method == "CAM":  # CAM weights channels by a classifier row; an encoder has none
+    if capabilities(method).classifier_weights:  # an encoder has no classifier row to weight channels by
         with pytest.raises(TypeError, match=r"final nn\.Linear classifier"):
             build(method, encoder, [encoder.layer4[-1]])(x, targets)
         return

@@ -52,8 +52,9 @@ def test_every_method_on_r3d_18(method):
     clips = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))  # [B, C, T, H, W]
     if method in PERTURBATION_METHODS:
         clips = clips[:1]  # one forward pass per channel
-    # layer2 (128 channels, 2x8x8) keeps the perturbation methods fast; CAM needs the layer the head reads
-    layers = [model.layer4[-1]] if method == "CAM" else [model.layer2[-1]]
+    # layer2 (128 channels, 2x8x8) keeps the perturbation methods fast; a method reading the
+    # classifier's weights needs the layer the head reads
+    layers = [model.layer4[-1]] if capabilities(method).classifier_weights else [model.layer2[-1]]
     targets = [ClassifierOutputTarget(c) for c in (1, 3)[: clips.shape[0]]]
     before = model_snapshot(model)
     torch.manual_seed(0)
@@ -76,7 +77,7 @@ def test_every_method_on_a_volume_segmenter(method):
         lesion = (model(volume).argmax(1)[0] == 2).numpy()
     assert lesion.any()
     target = [SemanticSegmentationTarget(2, lesion)]
-    if method == "CAM":
+    if capabilities(method).classifier_weights:  # the segmenter has no final linear classifier
         with pytest.raises(TypeError, match=r"nn\.Linear"):
             build(method, model, [model.encoder])
         return

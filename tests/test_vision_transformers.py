@@ -71,9 +71,10 @@ def timm_input(key: str, batch: int = 2) -> torch.Tensor:
 
 
 def _blank_is_expected(method: str, positions: int) -> bool:
-    # FEM keeps positions above mean + 2 std: with n positions the largest z-score is sqrt(n - 1),
-    # so a grid of fewer than 6 positions can never pass (Swin's and ConvNeXt's last 2x2 stage here).
-    return method in RANDOM_METHODS or (method == "FEM" and positions < 6)
+    # e.g. FEM keeps positions above mean + 2 std: with n positions the largest z-score is
+    # (n - 1) / sqrt(n), so a grid of fewer than 6 positions can never pass (Swin's and ConvNeXt's
+    # last 2x2 stage here).
+    return method in RANDOM_METHODS or positions < capabilities(method).min_positions
 
 
 @pytest.mark.parametrize("method", method_names(attention=True))
@@ -310,7 +311,7 @@ def test_hugging_face_classifiers_without_wrappers(key, hf_models):
             explicit = build(method, model, [layer])(x, [ClassifierOutputTarget(c) for c in top])
         assert default.shape == (2, 32, 32) and np.isfinite(default).all()
         assert default.reshape(2, -1).max(axis=1).min() > 0, method
-        if method != "FinerCAM":  # FinerCAM's targets=None contrasts the top class with similar ones
+        if capabilities(method).top_class_default:  # else targets=None means something else (FinerCAM)
             np.testing.assert_allclose(default, explicit, atol=1e-5, err_msg=method)
     assert_model_untouched(model, before)
 
