@@ -1,10 +1,11 @@
 r"""Ablation-CAM over several target layers at once.
 
-Channel :math:`k` is ablated in every target layer together (so all target
-layers must have the same number of channels), the drop of the target score
-gives one weight per channel, and each layer's map uses those shared weights.
-With a single target layer this is Ablation-CAM (:class:`camlib.AblationCAM`)
-run through the whole model.
+Channel :math:`k` is ablated in every target layer that has a channel
+:math:`k`, all in the same forward pass; the drop of the target score gives one
+weight per channel index, and each layer's map uses those shared weights (a
+layer with :math:`C_l` channels the first :math:`C_l`). With a single target
+layer this is Ablation-CAM (:class:`camlib.AblationCAM`) run through the whole
+model.
 
 The ablation is done by :class:`AblationLayer` wrappers swapped into the model
 in place of the target layers for the scoring passes only; the original layers
@@ -26,11 +27,13 @@ import torch
 from camlib.base_cam import BaseCAM, weighted_sum_map
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture, describe_module
+from camlib.registry import register_method
 from camlib.utils.batched import batched_target_scores, check_finite_scores, score_outputs
 from camlib.utils.find_layers import replace_layer_recursive
 from camlib.utils.model_state import eager_module
+from camlib.utils.reshape_transforms import is_feature_pyramid
 
-__all__ = ["AblationCAM", "AblationLayer", "replace_layer_recursive"]
+__all__ = ["AblationCAM", "AblationLayer", "relative_drops", "replace_layer_recursive"]
 
 
 _describe = describe_module
@@ -96,13 +99,27 @@ class AblationLayer(torch.nn.Module):
         self.calls += 1
         return self.ablate(self.layer(*args, **kwargs))
 
-    def ablate(self, output: torch.Tensor) -> torch.Tensor:
-        """A copy of ``output`` with channel ``indices[i]`` of row ``i`` ablated."""
+    def ablate(self, output: Any) -> Any:
+        """A copy of ``output`` with channel ``indices[i]`` of row ``i`` ablated.
+
+        A dict of feature maps (an FPN's levels) is ablated as the concatenation
+        of its levels along channels, in the dict's order (the layout camlib uses
+        for such outputs, :func:`~camlib.utils.reshape_transforms.feature_pyramid_to_map`).
+        """
+        if isinstance(output, dict) and is_feature_pyramid(output, next(iter(output.values())).ndim - 2):
+            ablated, offset = [], 0
+            for key, level in output.items():
+                ablated.append((key, self._ablate_tensor(level, offset)))
+                offset += level.shape[1]
+            return type(output)(ablated)
         if not isinstance(output, torch.Tensor):
             raise TypeError(
-                f"AblationLayer ablates a tensor output, but {_describe(self.layer)} returned a "
-                f"{type(output).__name__}; choose a target layer that returns a tensor"
+                f"AblationLayer ablates a tensor output (or a dict of feature maps), but {_describe(self.layer)} "
+                f"returned a {type(output).__name__}; choose a target layer that returns a tensor"
             )
+        return self._ablate_tensor(output, 0)
+
+    def _ablate_tensor(self, output: torch.Tensor, offset: int) -> torch.Tensor:
         rows = output.shape[0]
         indices = torch.as_tensor(
             np.asarray(self.indices) if not isinstance(self.indices, torch.Tensor) else self.indices
@@ -117,7 +134,7 @@ class AblationLayer(torch.nn.Module):
         if dim == 0:
             raise ValueError("channel_dim cannot be the batch dimension (0)")
         channels = output.shape[dim]
-        hits = (indices[:rows, :, None] == torch.arange(channels, device=output.device)).any(dim=1)
+        hits = (indices[:rows, :, None] == torch.arange(offset, offset + channels, device=output.device)).any(dim=1)
         shape = [rows] + [1] * (output.ndim - 1)
         hits = hits.reshape(*shape[:dim], channels, *shape[dim + 1 :])
         low = output.reshape(rows, -1).amin(dim=1)
@@ -135,6 +152,27 @@ def _find_slot(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[tuple
             if found is not None:
                 return found
     return None
+
+
+def relative_drops(original: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
+    """Ablation-CAM's weights ``(y - y_k) / y``: ``original`` scores ``[B]``, ``ablated`` scores ``[B, K]``.
+
+    An image whose score is exactly 0 gets the plain drop ``y - y_k`` (with a warning).
+
+    Example:
+        >>> import torch
+        >>> relative_drops(torch.tensor([2.0]), torch.tensor([[1.0, 2.0, 3.0]])).tolist()
+        [[0.5, 0.0, -0.5]]
+    """
+    zero = original == 0
+    if bool(zero.any()):
+        warnings.warn(
+            "the target score of an image is exactly 0, so Ablation-CAM's relative drop (y - y_k) / y is "
+            "undefined; its map uses the plain drop y - y_k instead",
+            stacklevel=6,
+        )
+    denominator = torch.where(zero, torch.ones_like(original), original)[:, None]
+    return (original[:, None] - ablated) / denominator
 
 
 @contextlib.contextmanager
@@ -162,41 +200,46 @@ def _swapped(
             parent._modules[name] = layer
 
 
+@register_method("ablationcam-multilayer", title="Ablation-CAM (multi-layer)")
 class AblationCAM(BaseCAM):
-    r"""Ablation-CAM with the same channel ablated in several target layers at once.
+    r"""Ablation-CAM with channel :math:`k` ablated in every target layer at once.
 
     Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional
     Network via Gradient-free Localization", WACV 2020.
     https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf
 
     With :math:`y^c_k` the target score when channel :math:`k` is ablated in
-    every target layer :math:`l` at once:
+    every target layer :math:`l` that has :math:`C_l > k` channels:
 
     .. math::
         w^c_k = \frac{y^c - y^c_k}{y^c}, \qquad
-        L^c_l = \mathrm{ReLU}\Big(\sum_k w^c_k A^k_l\Big), \qquad
+        L^c_l = \mathrm{ReLU}\Big(\sum_{k < C_l} w^c_k A^k_l\Big), \qquad
         L^c = \frac{1}{|\mathcal{L}|}\sum_l \mathrm{norm}(L^c_l)
 
     (an image whose score is exactly 0 gets the plain drop :math:`y^c - y^c_k`,
-    with a warning).
+    with a warning). Layers of equal width share every weight, as in
+    pytorch-grad-cam (which supports only that case); a wider layer's extra
+    channels are ablated alone. A layer returning a dict of feature maps (an
+    FPN) is ablated as the concatenation of its levels.
 
     Cost: one forward pass, then one forward pass of the whole model per
-    channel per image, ``batch_size`` at a time.
+    channel of the widest layer per image, ``batch_size`` at a time.
     Output: ``np.float32 [B, H, W]`` (``[B, D, H, W]`` for 5-D input) in [0, 1].
 
     Args:
         model: the network; its layers are swapped for the scoring passes only
             and always put back.
-        target_layers: layers with the same number of channels.
+        target_layers: the layers to ablate together.
         reshape_transform: turns a layer's output into ``[B, C, *spatial]``.
         batch_size: ablated copies per forward pass (default 32).
         progress: show a progress bar (None: on unless ``CAMLIB_DISABLE_PROGRESS`` is set).
+        **kwargs: further :class:`~camlib.base_cam.BaseCAM` arguments (e.g. ``output_adapter``).
 
     Example:
         >>> import torch, torchvision
         >>> from camlib.ablation_cam_multilayer import AblationCAM
         >>> model = torchvision.models.resnet18(weights=None)
-        >>> layers = [model.layer1[0], model.layer1[1]]  # 64 channels each
+        >>> layers = [model.layer1[1], model.layer2[0]]  # 64 and 128 channels
         >>> with AblationCAM(model, layers, batch_size=64, progress=False) as cam:
         ...     maps = cam(torch.randn(1, 3, 64, 64))
         >>> maps.shape
@@ -213,21 +256,26 @@ class AblationCAM(BaseCAM):
         *,
         batch_size: Optional[int] = None,
         progress: Optional[bool] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, target_layers, reshape_transform, batch_size=batch_size, progress=progress)
+        super().__init__(model, target_layers, reshape_transform, batch_size=batch_size, progress=progress, **kwargs)
 
     # -- weights -------------------------------------------------------------------------------------
-    def _channel_dims(self, capture: Capture, num_channels: int) -> list[int]:
+    def _channel_dims(self, capture: Capture) -> list[int]:
         """For each target layer, the dim of its raw output that holds the CAM's channels."""
         preferred = (1, -1) if self.reshape_transform is None else (-1, 1)
-        shapes = [tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__ for r in capture.raw_activations]
         dims = []
-        for layer, shape in zip(capture.layers, shapes):
-            if isinstance(shape, str):
+        for layer, raw, activations in zip(capture.layers, capture.raw_activations, capture.activations):
+            num_channels = int(activations.shape[1])
+            if isinstance(raw, dict) and is_feature_pyramid(raw, activations.ndim - 2):
+                dims.append(1)
+                continue
+            if not isinstance(raw, torch.Tensor):
                 raise TypeError(
-                    f"multi-layer AblationCAM ablates tensor outputs, but target layer {_describe(layer)} returned "
-                    f"a {shape}; choose layers that return tensors"
+                    f"multi-layer AblationCAM ablates tensor outputs (or dicts of feature maps), but target layer "
+                    f"{_describe(layer)} returned a {type(raw).__name__}; choose layers that return tensors"
                 )
+            shape = tuple(raw.shape)
             dim = next((d for d in preferred if len(shape) >= 2 and shape[d] == num_channels), None)
             if dim is None:
                 raise ValueError(
@@ -238,19 +286,18 @@ class AblationCAM(BaseCAM):
         return dims
 
     def shared_weights(self, capture: Capture) -> torch.Tensor:
-        """Weights ``[B, C]`` shared by all target layers: the normalised drops of the target
-        scores when a channel is ablated in every layer at once."""
+        """Weights ``[B, K]`` (``K`` the widest layer's channels) shared by all target layers:
+        the normalised drops of the target scores when channel ``k`` is ablated in every layer at once."""
         input_tensor, targets = capture.input, list(capture.targets)
-        batch, num_channels = capture.activations[0].shape[:2]
+        batch = capture.activations[0].shape[0]
+        num_channels = max(int(a.shape[1]) for a in capture.activations)
         device = capture.activations[0].device
         original = score_outputs(capture.outputs, targets).to(device)
         check_finite_scores(original, "the target score", "Ablation-CAM's relative drops (y - y_k) / y would be NaN")
-        dims = self._channel_dims(capture, num_channels)
-        layers = list({id(layer): layer for layer in self.target_layers}.values())
-        dim_of = {id(layer): dim for layer, dim in zip(self.target_layers, dims)}
-        wrappers = [
-            AblationLayer(layer, self.reshape_transform, channel_dim=dim_of[id(layer)]) for layer in layers
-        ]
+        dims = self._channel_dims(capture)
+        dim_of = {id(layer): dim for layer, dim in zip(capture.layers, dims)}
+        layers = list({id(layer): layer for layer in capture.layers}.values())
+        wrappers = [AblationLayer(layer, self.reshape_transform, channel_dim=dim_of[id(layer)]) for layer in layers]
         for wrapper in wrappers:
             wrapper.training = False
             wrapper.owner_thread = threading.get_ident()
@@ -286,26 +333,13 @@ class AblationCAM(BaseCAM):
             for wrapper in wrappers:
                 wrapper.indices = ()
         check_finite_scores(scores, "the target score of an ablated copy", "Ablation-CAM's weights would be NaN")
-        ablated = scores.to(device).reshape(batch, num_channels)
-        zero = original == 0
-        if bool(zero.any()):
-            warnings.warn(
-                "the target score of an image is exactly 0, so Ablation-CAM's relative drop (y - y_k) / y is "
-                "undefined; its map uses the plain drop y - y_k instead",
-                stacklevel=6,
-            )
-        denominator = torch.where(zero, torch.ones_like(original), original)[:, None]
-        return (original[:, None] - ablated) / denominator
+        return relative_drops(original, scores.to(device).reshape(batch, num_channels))
 
     # -- maps -------------------------------------------------------------------------------------------
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
-        """One raw map per target layer, all with the shared weights."""
-        counts = [int(a.shape[1]) for a in capture.activations]
-        if len(set(counts)) > 1:
-            listing = ", ".join(f"{_describe(layer)}: {c}" for layer, c in zip(capture.layers, counts))
-            raise ValueError(
-                f"multi-layer AblationCAM ablates channel k in every target layer at once, so the layers need the "
-                f"same number of channels; got {listing}. Use camlib.AblationCAM for layers of different widths"
-            )
+        """One raw map per target layer, each with the shared weights of its channels."""
         weights = self.shared_weights(capture)
-        return [weighted_sum_map(weights, activations, eigen_smooth) for activations in capture.activations]
+        return [
+            weighted_sum_map(weights[:, : activations.shape[1]], activations, eigen_smooth)
+            for activations in capture.activations
+        ]

@@ -136,12 +136,8 @@ class GalleryEntry:
 
 
 def _unregistered() -> List[MethodInfo]:
-    """Method classes with a documentation page that are not (yet) in the registry."""
-    from camlib.ablation_cam_multilayer import AblationCAM as MultiLayerAblationCAM
-
-    return [
-        MethodInfo("ablationcam-multilayer", MultiLayerAblationCAM, "Ablation-CAM (multi-layer)"),
-    ]
+    """Method classes with a documentation page that are not (yet) in the registry (none today)."""
+    return []
 
 
 def gallery() -> List[GalleryEntry]:

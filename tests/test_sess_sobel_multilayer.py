@@ -264,14 +264,15 @@ def _oracle_multilayer(model, layers, x, targets):
         original = torch.stack([t(o) for t, o in zip(targets, model(x))])
     for handle in handles:
         handle.remove()
-    channels = captured[0].shape[1]
+    channels = max(c.shape[1] for c in captured.values())
     ablated = torch.zeros(x.shape[0], channels)
     state = {}
 
     def ablate(module, inputs, output):
         output = output.clone()
         low = output.min()
-        output[0, state["k"]] = 0.0 if low == 0 else low - 1e5
+        if state["k"] < output.shape[1]:  # a narrower layer has no channel k
+            output[0, state["k"]] = 0.0 if low == 0 else low - 1e5
         return output
 
     handles = [layer.register_forward_hook(ablate) for layer in layers]
@@ -288,7 +289,7 @@ def _oracle_multilayer(model, layers, x, targets):
     per_layer = []
     for k in range(len(layers)):
         acts = captured[k].numpy()
-        cam = np.maximum((weights[:, :, None, None] * acts).sum(axis=1), 0)
+        cam = np.maximum((weights[:, : acts.shape[1], None, None] * acts).sum(axis=1), 0)
         per_layer.append(ref_scale(cam, (x.shape[-1], x.shape[-2])))
     return ref_scale(np.mean(per_layer, axis=0))
 
@@ -306,6 +307,17 @@ def test_multilayer_matches_hook_oracle_on_two_layers():
     np.testing.assert_allclose(got, expected, atol=1e-4)
     per_layer = MultiLayerAblationCAM(model, layers, progress=False)(x, targets, per_layer=True)
     assert per_layer.shape == (2, 2, 16, 16)
+
+
+def test_multilayer_on_layers_of_different_widths_matches_hook_oracle():
+    """Channel k is ablated in every layer that has one: 8 and 16 channels share the first 8 weights."""
+    model = TinyCNN().eval()
+    x = _input((2, 3, 16, 16), seed=5)
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
+    layers = [model.features[3], model.features[6]]  # 8 channels at 8x8, 16 channels at 8x8
+    expected = _oracle_multilayer(model, layers, x, targets)
+    got = MultiLayerAblationCAM(model, layers, batch_size=7, progress=False, output_adapter=lambda out: out)(x, targets)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_multilayer_puts_the_same_layers_back():
@@ -329,10 +341,8 @@ def test_multilayer_puts_the_same_layers_back():
 def test_multilayer_errors_and_with_block():
     model = TinyCNN().eval()
     before = model_snapshot(model)
-    with pytest.raises(ValueError, match="same number of channels"):
-        MultiLayerAblationCAM(model, [model.features[0], model.features[-1]], progress=False)(
-            _input((1, 3, 16, 16))
-        )
+    with pytest.raises(TypeError, match="output_adapter must be a function"):
+        MultiLayerAblationCAM(model, [model.features[-1]], output_adapter=3)
     assert_model_untouched(model, before)
     with pytest.raises(IndexError):
         with MultiLayerAblationCAM(model, [model.features[-1]], progress=False):
