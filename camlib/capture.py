@@ -477,11 +477,19 @@ def check_finite_maps(record: Capture, raw_maps: Sequence[Any], method: str) -> 
     computes NaN/Inf for this input), non-finite gradients, or an overflow in
     the method's own arithmetic on finite but very large values.
     """
-    for index, raw in enumerate(raw_maps):
-        if raw is None:
-            continue
-        raw = torch.as_tensor(raw)
-        if not raw.is_floating_point() or bool(torch.isfinite(raw).all()):
+    maps = [(i, torch.as_tensor(raw)) for i, raw in enumerate(raw_maps) if raw is not None]
+    maps = [(i, raw) for i, raw in maps if raw.is_floating_point()]
+    if not maps:
+        return
+    # one fused check (one host sync on a GPU) for all layers; the diagnosis runs only on failure
+    if len(maps) == 1:
+        finite = torch.isfinite(maps[0][1]).all()
+    else:
+        finite = torch.stack([torch.isfinite(raw).all().to(maps[0][1].device) for _, raw in maps]).all()
+    if bool(finite):
+        return
+    for index, raw in maps:
+        if bool(torch.isfinite(raw).all()):
             continue
         layer = record.layers[index] if index < len(record.layers) else None
         where = f"target layer {describe_module(layer)}" if layer is not None else f"layer map {index}"

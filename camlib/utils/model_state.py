@@ -74,6 +74,20 @@ def _state_of(model: torch.nn.Module) -> _ModelState:
         return state
 
 
+def _any_training(model: torch.nn.Module) -> bool:
+    """Whether ``model`` or one of its submodules is in training mode (a walk without generators)."""
+    stack, seen = [model], {id(model)}
+    while stack:
+        module = stack.pop()
+        if module.training:
+            return True
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return False
+
+
 @contextlib.contextmanager
 def eval_mode(model: Any) -> Iterator[None]:
     """Put ``model`` in eval mode for the block only.
@@ -88,7 +102,9 @@ def eval_mode(model: Any) -> Iterator[None]:
         return
     state = _state_of(model)
     with state.switch:
-        if state.eval_count == 0:
+        if state.eval_count == 0 and _any_training(model):
+            # save and switch only when something trains: a model already in eval mode (the usual
+            # case) costs one walk over its modules and no writes
             state.flags = [(module, module.training) for module in model.modules()]
             model.eval()
         state.eval_count += 1
@@ -99,7 +115,8 @@ def eval_mode(model: Any) -> Iterator[None]:
             state.eval_count -= 1
             if state.eval_count == 0:
                 for module, training in state.flags or ():
-                    module.training = training
+                    if module.training != training:
+                        module.training = training
                 state.flags = None
 
 
