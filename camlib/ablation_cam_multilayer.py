@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
+from camlib.ablation_layer import AblationLayerFasterRCNN
 from camlib.base_cam import BaseCAM, weighted_sum_map
 from camlib.capabilities import Capabilities
 from camlib.capture import Capture, describe_module
@@ -104,12 +105,14 @@ class AblationLayer(torch.nn.Module):
 
         A dict of feature maps (an FPN's levels) is ablated as the concatenation
         of its levels along channels, in the dict's order (the layout camlib uses
-        for such outputs, :func:`~camlib.utils.reshape_transforms.feature_pyramid_to_map`).
+        for such outputs, :func:`~camlib.utils.reshape_transforms.feature_pyramid_to_map`),
+        with :class:`~camlib.ablation_layer.AblationLayerFasterRCNN`'s value (-1000), as
+        AblationCAM does: pushing an FPN level far below its minimum removes every detection.
         """
         if isinstance(output, dict) and is_feature_pyramid(output, next(iter(output.values())).ndim - 2):
             ablated, offset = [], 0
             for key, level in output.items():
-                ablated.append((key, self._ablate_tensor(level, offset)))
+                ablated.append((key, self._ablate_tensor(level, offset, AblationLayerFasterRCNN.fpn_ablation_value)))
                 offset += level.shape[1]
             return type(output)(ablated)
         if not isinstance(output, torch.Tensor):
@@ -119,7 +122,7 @@ class AblationLayer(torch.nn.Module):
             )
         return self._ablate_tensor(output, 0)
 
-    def _ablate_tensor(self, output: torch.Tensor, offset: int) -> torch.Tensor:
+    def _ablate_tensor(self, output: torch.Tensor, offset: int, fixed: Optional[float] = None) -> torch.Tensor:
         rows = output.shape[0]
         indices = torch.as_tensor(
             np.asarray(self.indices) if not isinstance(self.indices, torch.Tensor) else self.indices
@@ -139,6 +142,8 @@ class AblationLayer(torch.nn.Module):
         hits = hits.reshape(*shape[:dim], channels, *shape[dim + 1 :])
         low = output.reshape(rows, -1).amin(dim=1)
         value = torch.where(low == 0, torch.zeros_like(low), low - self.ablation_offset)
+        if fixed is not None:
+            value = torch.full_like(low, fixed)
         return torch.where(hits, value.reshape(shape).to(output.dtype), output)
 
 
