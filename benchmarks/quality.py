@@ -103,6 +103,7 @@ DISPLAY = {
 #: at the demo's default target layer with its defaults, so a new method needs no entry here.
 SETTINGS: Dict[str, Dict] = {
     "refinecam": {"layers": (4, 6, 7), "note": "features[4], [6], [7]"},
+    "ablationcam-multilayer": {"layers": (6, 7), "note": "features[6], [7]"},
     "sess": {"options": {"num_scales": 3}, "note": "3 scales"},
     "sscam": {"options": {"num_samples": 8}, "note": "8 noise samples"},
 }
