@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from camlib.utils.messages import warn_user
+from camlib.utils.model_state import user_training_flag
 
 __all__ = [
     "LegacyAPIWarning",
@@ -128,7 +129,7 @@ def legacy_init(init: Callable) -> Callable:
         model = self.__dict__.get("model")
         if isinstance(model, torch.nn.Module):
             # 1.5.7 put the model in eval mode here, for good (see training_mode_note)
-            self.__dict__.setdefault("_legacy_built_in_eval", not model.training)
+            self.__dict__.setdefault("_legacy_built_in_eval", not user_training_flag(model))
 
     wrapper.__camlib_legacy__ = True  # type: ignore[attr-defined]
     return wrapper

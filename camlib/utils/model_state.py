@@ -25,7 +25,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 
-__all__ = ["eager_module", "eval_mode", "exclusive_eval", "exclusive_use"]
+__all__ = ["eager_module", "eval_mode", "exclusive_eval", "exclusive_use", "user_training_flag"]
 
 
 def eager_module(model: Any) -> Any:
@@ -118,6 +118,23 @@ def eval_mode(model: Any) -> Iterator[None]:
                     if module.training != training:
                         module.training = training
                 state.flags = None
+
+
+def user_training_flag(model: torch.nn.Module) -> bool:
+    """``model.training`` as the user left it: while a camlib call (in any thread) holds the model in
+    :func:`eval_mode`, the flag saved on entry, else the current one.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2).train()
+        >>> with eval_mode(net):
+        ...     net.training, user_training_flag(net)
+        (False, True)
+    """
+    state = _state_of(eager_module(model))
+    with state.switch:
+        if state.eval_count and state.flags:
+            return bool(state.flags[0][1])
+        return bool(model.training)
 
 
 @contextlib.contextmanager
