@@ -71,7 +71,10 @@ def worker(calls: int) -> Dict[str, Any]:
     def run_cam() -> Any:
         return cam(x, targets)
 
-    from camlib.utils.model_state import exclusive_eval
+    try:
+        from camlib.utils.model_state import exclusive_eval
+    except ImportError:  # a tree from before the per-model lock (07e6d1d): only eval_mode
+        from camlib.utils.model_state import eval_mode as exclusive_eval
 
     hold_times: List[float] = []
     for _ in range(20 * calls):
