@@ -1,12 +1,15 @@
 """Recipro-CAM: the map at a position is the target's probability when the features there are kept alone.
 
 For every spatial position of the target layer, a copy of the layer's output
-holds only that position's feature vector, spread over its 3x3 neighbourhood
-with Gaussian weights (the authors' "mosaic" feature maps), zeros elsewhere;
-each copy goes through the part of the network after the layer, and the
-softmax probability of the target is the map's value at that position. No
-gradient, no masking of the input: only the network's tail runs again, once
-per position, batched (:func:`camlib.utils.tail_scoring.score_layer_copies`,
+keeps only that position's neighbourhood, zeros elsewhere (the authors'
+"mosaic" feature maps): for a feature map, the position's feature vector
+spread over its 3x3 neighbourhood with Gaussian weights (Recipro-CAM); for a
+vision transformer's tokens, the tokens of the 3x3 neighbourhood, each its own
+feature under the Gaussian weights, with the class token kept
+(ViT-ReciproCAM). Each copy goes through the part of the network after the
+layer, and the softmax probability of the target is the map's value at that
+position. No gradient, no masking of the input: only the network's tail runs
+again, once per position, batched (:func:`camlib.utils.tail_scoring.score_layer_copies`,
 the torch.fx split that AblationCAM also uses, or the whole model with a hook
 replacing the layer's output when the model cannot be split).
 """
@@ -69,18 +72,27 @@ def reciprocal_copies(
 ) -> Any:
     """Copies of image ``image``'s layer output ``raw``, one per position in ``centers``.
 
-    Copy ``i`` holds the feature vector at position ``centers[i]``, spread over
-    the grid with the weights ``masks[i]`` (the window centred there, see
-    :func:`position_masks`), and zeros elsewhere: ``copy_i[:, q] = masks[i][q] *
-    A[:, centers[i]]``, as the authors' published code builds its "mosaic"
-    feature maps. ``raw`` is the layer's output as it returned it;
+    ``masks[i]`` is the window centred on position ``centers[i]`` (see
+    :func:`position_masks`). ``raw`` is the layer's output as it returned it;
     ``activations_shape`` its ``[B, C, *s]`` layout after the reshape transform.
-    Known layouts: channels first (``raw`` is ``[B, C, *s]``), channels last
-    (``[B, *s, C]``), tokens (``[B, N, C]`` with ``N - prod(s)`` leading prefix
-    tokens, such as a class token, which are left unchanged; the rest laid out
-    row-major), and a dict of ``[B, C_l, *s_l]`` feature maps (an FPN's levels,
-    laid out on the coarsest grid): there each level keeps its own features
-    under the window resized to the level's grid.
+    Known layouts, and what copy ``i`` holds (``A`` the image's features, ``q``
+    a position, zeros outside the window):
+
+    * feature maps, channels first (``raw`` is ``[B, C, *s]``) or channels last
+      (``[B, *s, C]``): the feature vector at ``centers[i]`` spread over the
+      window, ``copy_i[:, q] = masks[i][q] * A[:, centers[i]]``, as the Recipro-CAM
+      authors' code builds its "mosaic" feature maps;
+    * tokens (``[B, N, C]``, the last ``prod(s)`` tokens the grid, row-major): each
+      grid token its own feature under the window, ``copy_i[q] = masks[i][q] *
+      A[q]``, as the ViT-ReciproCAM authors' code masks tokens; the ``N - prod(s)``
+      leading prefix tokens (class, distillation, register tokens) are kept
+      unchanged in every copy;
+    * a dict of ``[B, C_l, *s_l]`` feature maps (an FPN's levels, laid out on the
+      coarsest grid): each level keeps its own features under the window resized
+      to the level's grid.
+
+    With ``kernel="point"`` masks the two rules give the same copy: the one
+    position (token) kept.
 
     Raises:
         ValueError: for any other layout.
@@ -118,8 +130,8 @@ def reciprocal_copies(
         return (flat_masks[:, :, None] * centre[:, None, :]).reshape(count, *spatial, channels)
     if raw.ndim == 3 and raw.shape[2] == channels and raw.shape[1] >= positions:
         prefix = raw.shape[1] - positions
-        centre = raw[image, prefix:][centers]  # [n, C]
-        grid = flat_masks[:, :, None] * centre[:, None, :]
+        # [n, P, C]: each grid token keeps its own feature under the window
+        grid = flat_masks[:, :, None] * raw[image : image + 1, prefix:]
         return torch.cat([raw[image : image + 1, :prefix].expand(count, -1, -1), grid], dim=1)
     raise ValueError(
         f"ReciproCAM cannot tell where the positions of the target layer's output {list(raw.shape)} are "
@@ -138,36 +150,54 @@ class ReciproCAM(BaseCAM):
     Visual Explanations for Vision Transformer", 2023. https://arxiv.org/abs/2310.02588
 
     .. math::
-        M_p[:, q] = G(q - p)\, A[:, p], \qquad
+        M_p[:, q] = G(q - p)\, A[:, p] \ \text{(feature maps)}, \qquad
+        M_p[q] = G(q - p)\, A[q] \ \text{(tokens)}, \qquad
         L^c_{p} = \mathrm{softmax}\big(f_{\text{tail}}(M_p)\big)_c
 
     where :math:`A` is the target layer's output, :math:`G` the 3x3 (3x3x3)
     Gaussian window :math:`(\tfrac14, \tfrac12, \tfrac14)^{\otimes d}` (cut at
-    the borders, not renormalised), so copy :math:`M_p` holds the feature vector
-    at :math:`p` spread over its neighbourhood and zeros elsewhere, and
-    :math:`f_{\text{tail}}` is the part of the network after the layer. The
-    map is min-max scaled (the authors' normalisation) and resized like every
-    camlib map.
+    the borders, not renormalised), and :math:`f_{\text{tail}}` the part of the
+    network after the layer. For a feature map (``[B, C, *s]`` or channels last)
+    copy :math:`M_p` holds the feature vector at :math:`p` spread over its
+    neighbourhood; for tokens (``[B, N, C]``) it holds the neighbourhood's
+    tokens, each its own feature under the window, and the prefix tokens as they
+    are; zeros elsewhere. The map is min-max scaled (the authors' normalisation)
+    and resized like every camlib map.
 
-    Choices the paper leaves open follow the authors' published code
-    (github.com/sybyun/ReciproCAM and openvinotoolkit/training_extensions,
-    ``recipro_cam.py``): the centre feature spread by the Gaussian window
-    (``kernel="point"`` keeps it at the position only, the variant the
-    authors' hook-based code uses), the softmax of the logits (``softmax=False``
-    scores the raw target), and min-max scaling of the scores (camlib shifts them
-    by their minimum first, so negative raw scores are not cut by the ReLU;
-    probabilities are unchanged by it). The softmax goes through the CAM's
-    ``output_adapter`` (or :func:`~camlib.utils.model_outputs.logits_of`): the
-    class scores inside a structured output are replaced by probabilities and
+    Choices the papers leave open follow the authors' published code. For
+    feature maps, ``src/recipro_cam.py`` of github.com/sybyun/ReciproCAM (and
+    ``recipro_cam.py`` of openvinotoolkit/training_extensions): the centre
+    feature spread by the Gaussian window (``kernel="point"`` keeps it at the
+    position only, the variant the authors' hook-based code uses). For tokens,
+    ``src/vit_recipro_cam.py`` of github.com/sybyun/vitcam (its defaults
+    ``is_gaussian=True``, ``cls_token=True``; the same as ``ViTReciproCAM`` of
+    openvinotoolkit/training_extensions), checked point by point: the grid
+    tokens of the 3x3 neighbourhood keep their own features times the Gaussian
+    weights (``1/4`` at the centre, cut at the borders, not renormalised), the
+    others are zeroed (``kernel="point"``: only the token at :math:`p`, its
+    ``is_gaussian=False``); the class token is kept unchanged in every copy (camlib
+    keeps every leading prefix token: class, distillation, register tokens,
+    where the authors' code knows only one class token); the copies replace the
+    target layer's output and run through everything after it (the rest of the
+    block with its unmasked residual input, the later blocks, the final
+    LayerNorm and the head); the map is the softmax probability of the target
+    (the top class of the unmasked image by default) per copy, min-max scaled.
+    The authors target the LayerNorm before the attention of the second-to-last
+    block (torchvision's ``encoder.layers[-2].ln_1``, timm's ``blocks[-2].norm1``);
+    camlib uses the layers it is given. For both: the softmax of the logits
+    (``softmax=False`` scores the raw target), and min-max scaling of the scores
+    (camlib shifts them by their minimum first, so negative raw scores are not
+    cut by the ReLU; probabilities are unchanged by it). The softmax goes through
+    the CAM's ``output_adapter`` (or :func:`~camlib.utils.model_outputs.logits_of`):
+    the class scores inside a structured output are replaced by probabilities and
     the targets see the same structure; outputs without ``[B, classes]`` scores
     (a segmentation map, a detector's boxes) are scored as they are.
-    camlib's own choices: for token outputs the leading prefix tokens (class,
-    distillation, register tokens) are kept unmasked; for a dict of feature
-    maps (a detector's FPN, laid out on the coarsest level's grid) each level
-    keeps its own features under the window resized to its grid; in half
-    precision the split-off tail runs in float32 on a copy (the map is the
-    small differences between the copies' scores, which ``bfloat16`` rounds
-    away).
+    camlib's own choices: channels-last maps (``[B, H, W, C]``, torchvision's
+    Swin) follow the feature-map rule; for a dict of feature maps (a detector's
+    FPN, laid out on the coarsest level's grid) each level keeps its own
+    features under the window resized to its grid; in half precision the
+    split-off tail runs in float32 on a copy (the map is the small differences
+    between the copies' scores, which ``bfloat16`` rounds away).
 
     Cost: one forward pass, then ``h * w`` (``d * h * w``) copies per image
     through the part of the model after the target layer, ``batch_size`` at a

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision
 from conftest import TinyCNN, assert_model_untouched, model_snapshot
+from torchvision.models.vision_transformer import EncoderBlock
 
 from camlib import ReciproCAM
 from camlib.recipro_cam import position_masks, reciprocal_copies
 from camlib.registry import get_method
 from camlib.utils.model_targets import ClassifierOutputTarget
+from camlib.utils.reshape_transforms import tokens_to_grid
 from camlib.utils.tail_scoring import class_probabilities
 
 
@@ -162,6 +168,157 @@ def test_tokens_keep_prefix_tokens():
             raw.append(model.head(tokens[0] + tokens.mean(dim=0))[1])
         raw = torch.stack(raw).reshape(2, 2).numpy()
     np.testing.assert_allclose(got.numpy(), _minmax(raw), atol=1e-5)
+
+
+GAUSSIAN_3X3 = [[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]]
+
+
+def test_token_copies_keep_each_token_own_feature():
+    """Tokens (ViT-ReciproCAM): copy p holds each neighbour's own feature times the window around p, the
+    class token unchanged; a feature map (Recipro-CAM) spreads the centre feature instead."""
+    tokens = torch.arange(20.0).reshape(1, 10, 2)  # class token + a 3x3 grid, 2 channels
+    masks = position_masks((3, 3))
+    copies = reciprocal_copies(tokens, (1, 2, 3, 3), 0, masks[[0, 4]], torch.tensor([0, 4]))
+    assert copies.shape == (2, 10, 2)
+    assert torch.equal(copies[:, 0], tokens[0, :1].expand(2, -1))
+    grid = tokens[0, 1:].reshape(3, 3, 2)
+    for copy_index, window in ((0, masks[0]), (1, masks[4])):
+        expected = grid * window[..., None]
+        np.testing.assert_allclose(copies[copy_index, 1:].reshape(3, 3, 2).numpy(), expected.numpy())
+    by_hand = [[0.75, 0.625, 0], [1.125, 0.6875, 0], [0, 0, 0]]  # channel 1 of tokens 1..9 is 3, 5, 7, ...
+    np.testing.assert_allclose(copies[0, 1:, 1].reshape(3, 3).numpy(), by_hand)
+    point_mask = position_masks((3, 3), "point")[[5]]
+    point = reciprocal_copies(tokens, (1, 2, 3, 3), 0, point_mask, torch.tensor([5]))
+    assert torch.equal(point[0, 6], tokens[0, 6])
+    assert float(point[0, 1:].abs().sum()) == float(tokens[0, 6].sum())
+
+
+def _vit_reciprocam_by_hand(
+    model, layer, x, prefix, kernel="gaussian", kept_prefix=None, spread_centre=False
+):
+    """ViT-ReciproCAM written out as sybyun/vitcam's ``src/vit_recipro_cam.py`` does it, one image and one
+    grid position at a time: a hook replaces the layer's output by the masked tokens (the grid tokens of the
+    3x3 neighbourhood, each its own feature times the Gaussian weight, the prefix tokens kept) and the rest of
+    the model runs; the map is the softmax probability of the unmasked image's top class, min-max scaled and
+    resized to the input. ``kept_prefix`` (how many prefix tokens to keep, the rest zeroed) and
+    ``spread_centre`` (the centre token's feature under the window, as for feature maps) build wrong variants."""
+    kept_prefix = prefix if kept_prefix is None else kept_prefix
+    maps = []
+    with torch.no_grad():
+        for image in x.split(1):
+            seen = []
+            handle = layer.register_forward_hook(lambda module, inputs, output, s=seen: s.append(output))
+            try:
+                category = int(model(image).argmax(dim=1))
+            finally:
+                handle.remove()
+            tokens = seen[0][0]
+            side = math.isqrt(tokens.shape[0] - prefix)
+            grid = tokens[prefix:].reshape(side, side, -1)
+            scores = torch.zeros(side, side)
+            for i in range(side):
+                for j in range(side):
+                    masked = torch.zeros_like(tokens)
+                    masked[:kept_prefix] = tokens[:kept_prefix]
+                    for u in range(max(i - 1, 0), min(i + 2, side)):
+                        for v in range(max(j - 1, 0), min(j + 2, side)):
+                            if kernel == "point" and (u, v) != (i, j):
+                                continue
+                            weight = 1.0 if kernel == "point" else GAUSSIAN_3X3[u - i + 1][v - j + 1]
+                            feature = grid[i, j] if spread_centre else grid[u, v]
+                            masked[prefix + u * side + v] = weight * feature
+                    handle = layer.register_forward_hook(lambda module, inputs, output, m=masked: m[None])
+                    try:
+                        scores[i, j] = torch.softmax(model(image), dim=1)[0, category]
+                    finally:
+                        handle.remove()
+            assert float(scores.max() - scores.min()) > 0.01  # a map worth comparing to 1e-5
+            scaled = (scores - scores.min()) / (scores.max() - scores.min())
+            resized = F.interpolate(scaled[None, None], x.shape[-2:], mode="bilinear", align_corners=False)
+            maps.append(resized[0, 0])
+    return torch.stack(maps).numpy()
+
+
+def _tiny_vit():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5
+    )
+    torch.nn.init.normal_(model.heads.head.weight, std=0.3)  # torchvision starts this head at zero
+    torch.nn.init.normal_(model.heads.head.bias, std=0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("kernel", ["gaussian", "point"])
+def test_vit_matches_the_authors_procedure(kernel, split):
+    """A seeded torchvision ViT (4x4 tokens and a class token), the authors' target layer (the LayerNorm before
+    the attention of the second-to-last block): camlib's map is the loop above, on both paths."""
+    model = _tiny_vit()
+    layer = model.encoder.layers[-2].ln_1
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = _vit_reciprocam_by_hand(model, layer, x, prefix=1, kernel=kernel)
+    before = model_snapshot(model)
+    cam = ReciproCAM(model, [layer], kernel=kernel, batch_size=7, progress=False)
+    cam.split_model = split
+    got = cam(x, per_layer=True)[:, 0]  # the layer's map, resized: no second scaling by the aggregation
+    assert cam.last_paths == ["split" if split else "full"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert_model_untouched(model, before)
+
+
+def test_vit_procedure_tells_the_variants_apart():
+    """The loop above can fail: spreading the centre token's feature (the feature-map rule) or zeroing the
+    class token gives another map."""
+    model = _tiny_vit()
+    layer = model.encoder.layers[-2].ln_1
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    authors = _vit_reciprocam_by_hand(model, layer, x, prefix=1)
+    spread = _vit_reciprocam_by_hand(model, layer, x, prefix=1, spread_centre=True)
+    no_class_token = _vit_reciprocam_by_hand(model, layer, x, prefix=1, kept_prefix=0)
+    assert np.abs(authors - spread).max() > 0.05
+    assert np.abs(authors - no_class_token).max() > 0.05
+
+
+class PrefixTokensViT(torch.nn.Module):
+    """DeiT-like layout with registers: class, distillation and two register tokens before a 4x4 grid;
+    the output is the mean of a head on the class token and one on the distillation token."""
+
+    prefix = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 16, 8, stride=8)
+        self.tokens = torch.nn.Parameter(0.02 * torch.randn(1, self.prefix, 16))
+        self.position = torch.nn.Parameter(0.02 * torch.randn(1, self.prefix + 16, 16))
+        self.blocks = torch.nn.Sequential(*(EncoderBlock(2, 16, 32, 0.0, 0.0) for _ in range(2)))
+        self.norm = torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 5)
+        self.head_dist = torch.nn.Linear(16, 5)
+        for head in (self.head, self.head_dist):
+            torch.nn.init.normal_(head.weight, std=0.3)
+
+    def forward(self, x):
+        grid = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.tokens.expand(x.shape[0], -1, -1), grid], dim=1) + self.position
+        tokens = self.norm(self.blocks(tokens))
+        return (self.head(tokens[:, 0]) + self.head_dist(tokens[:, 1])) / 2
+
+
+def test_prefix_tokens_are_all_kept():
+    """With distillation and register tokens every prefix token is kept, as the authors keep the class
+    token; zeroing the ones after the class token would give another map."""
+    torch.manual_seed(0)
+    model = PrefixTokensViT().eval()
+    layer = model.blocks[0].ln_1
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    expected = _vit_reciprocam_by_hand(model, layer, x, prefix=4)
+    only_class_token = _vit_reciprocam_by_hand(model, layer, x, prefix=4, kept_prefix=1)
+    assert np.abs(expected - only_class_token).max() > 0.05
+    grid = partial(tokens_to_grid, prefix=4, height=4, width=4)
+    with ReciproCAM(model, [layer], reshape_transform=grid, progress=False) as cam:
+        got = cam(x, per_layer=True)[:, 0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_feature_pyramid_levels_are_masked_on_their_own_grid():
