@@ -77,6 +77,7 @@ from camlib.utils.progress import progress_enabled
 from camlib.utils.reshape_transforms import num_prefix_tokens
 from camlib.utils.svd_on_activations import get_2d_projection
 from camlib.utils.validation import (
+    all_finite,
     check_input_tensor,
     check_target_layers,
     check_targets,
@@ -97,7 +98,7 @@ def weighted_sum_map(weights: torch.Tensor, activations: torch.Tensor, eigen_smo
     weights = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
     weighted = weights.reshape(*weights.shape[:2], *([1] * (activations.ndim - 2))) * activations
     result = get_2d_projection(weighted) if eigen_smooth else weighted.sum(dim=1)
-    if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(activations).all() & torch.isfinite(weights).all()):
+    if not all_finite(result) and all_finite(activations, weights):
         # Finite values whose sum overflows: the map is only defined up to a positive factor per image
         # (post-processing scales it), so compute it from activations divided by their largest magnitude.
         peak = activations.abs().reshape(activations.shape[0], -1).amax(dim=1).clamp_min(1e-30)

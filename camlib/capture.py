@@ -41,6 +41,7 @@ from camlib.utils.reshape_transforms import (
     infer_reshape_transform,
     is_feature_pyramid,
 )
+from camlib.utils.validation import all_finite
 
 __all__ = [
     "Capture",
@@ -482,11 +483,7 @@ def check_finite_maps(record: Capture, raw_maps: Sequence[Any], method: str) -> 
     if not maps:
         return
     # one fused check (one host sync on a GPU) for all layers; the diagnosis runs only on failure
-    if len(maps) == 1:
-        finite = torch.isfinite(maps[0][1]).all()
-    else:
-        finite = torch.stack([torch.isfinite(raw).all().to(maps[0][1].device) for _, raw in maps]).all()
-    if bool(finite):
+    if all_finite(*(raw for _, raw in maps)):
         return
     for index, raw in maps:
         if bool(torch.isfinite(raw).all()):

@@ -312,6 +312,27 @@ def test_non_finite_target_score_is_named(name):
         cam(_inputs(1)[0], [ClassifierOutputTarget(0), ClassifierOutputTarget(0)])
 
 
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([1.0, -2.0, 3.5], True),
+        ([3e38, 3e38, 3e38], True),  # finite values whose float32 sum overflows: the element-wise check decides
+        ([1.0, float("nan")], False),
+        ([float("inf"), float("-inf")], False),  # their sum is NaN
+        ([float("-inf"), 1.0], False),
+        ([], True),
+    ],
+)
+def test_all_finite_decides_like_the_element_wise_check(values, expected):
+    from camlib.utils.validation import all_finite
+
+    tensor = torch.tensor(values, dtype=torch.float32)
+    assert all_finite(tensor) is expected == bool(torch.isfinite(tensor).all())
+    assert all_finite(torch.tensor(values, dtype=torch.float64) * 1e200) is all(np.isfinite(np.array(values) * 1e200))
+    assert all_finite(torch.ones(3), tensor) is expected  # several tensors: one answer
+    assert all_finite(torch.full((4,), 6e4, dtype=torch.float16)) is True  # the float16 sum would overflow
+
+
 def test_guided_backprop_rejects_nan_input_like_basecam():
     model = TinyCNN().eval()
     x = torch.randn(1, 3, 16, 16)

@@ -147,6 +147,31 @@ def test_identical_masks_need_one_forward():
     assert model.images_seen == 2 + 2 * 5
 
 
+def test_a_chunks_outputs_are_freed_before_the_next_forward_pass():
+    """The loop keeps only the scores of a chunk: its output is not alive during the next
+    chunk's forward pass (it would add an output's size to the peak memory)."""
+    import weakref
+
+    base = TinyCNN().eval()
+    alive = []
+
+    class Watched(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = base
+            self.last = None
+
+        def forward(self, x):
+            alive.append(self.last is not None and self.last() is not None)
+            out = self.model(x)
+            self.last = weakref.ref(out)
+            return out
+
+    model = Watched()
+    ScoreCAM(model, [base.features[-1]], batch_size=2, progress=False)(torch.randn(1, 3, 16, 16), [ClassifierOutputTarget(0)])
+    assert len(alive) > 3 and not any(alive[2:]), alive  # [0] capture pass, [1] first chunk
+
+
 def test_distinct_channel_maps():
     acts = torch.zeros(2, 5, 3, 3)
     acts[:, 1] = 7.0  # constant: same (zero) mask as the dead channels

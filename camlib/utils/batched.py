@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from camlib.utils.messages import warn_user
 from camlib.utils.model_targets import ClassifierOutputTarget
 from camlib.utils.progress import progress_bar
+from camlib.utils.validation import all_finite
 
 __all__ = ["batched_target_scores", "check_finite_scores", "score_outputs", "split_outputs", "warn_if_scores_equal"]
 
@@ -59,9 +60,9 @@ def check_finite_scores(scores: torch.Tensor, what: str, consequence: str) -> No
         what: what they are, for the message ("the target score", "the score of a masked input").
         consequence: what a non-finite score would break.
     """
-    finite = torch.isfinite(scores)
-    if bool(finite.all()):
+    if all_finite(scores):
         return
+    finite = torch.isfinite(scores)
     bad = (~finite).reshape(finite.shape[0], -1).any(dim=1).nonzero()[:, 0].tolist() if finite.ndim else [0]
     values = scores.reshape(-1)[~finite.reshape(-1)][:3].tolist()
     raise ValueError(
@@ -173,6 +174,7 @@ def batched_target_scores(
             stop = min(start + batch_size, num_inputs)
             outputs = model(make_inputs(start, stop))
             results.append(score_outputs(outputs, targets_for(start, stop)))
+            del outputs  # not alive during the next chunk's forward pass (it adds to the peak)
             bar.update(stop - start)
     if not results:
         return torch.zeros(0)

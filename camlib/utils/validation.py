@@ -9,12 +9,14 @@ for a wrong value, each saying what was received and what to do.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 __all__ = [
+    "all_finite",
     "check_input_tensor",
     "check_target_layers",
     "check_targets",
@@ -23,6 +25,24 @@ __all__ = [
 ]
 
 _NO_DEVICE = object()
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether every value of ``tensors`` is finite (no NaN, no Inf): one host sync.
+
+    The usual case costs one float32 sum per tensor: a finite total means every
+    value is finite (a NaN or Inf anywhere makes the sum NaN or Inf). Only a
+    non-finite total, which finite values can also give by overflowing, runs the
+    element-wise ``torch.isfinite`` check.
+    """
+    tensors = tuple(t for t in tensors if t.numel())
+    if not tensors:
+        return True
+    sums = [t.detach().sum(dtype=torch.float32) for t in tensors]
+    total = sums[0] if len(sums) == 1 else torch.stack([s.to(sums[0].device) for s in sums]).sum()
+    if math.isfinite(float(total)):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def model_device(model: Any, default: Any = _NO_DEVICE) -> torch.device:
@@ -105,9 +125,7 @@ def check_input_tensor(
     x = input_tensor.detach().to(device)
     if x.is_inference():
         x = x.clone()
-    # One reduction in the usual case: a finite sum means no NaN or Inf; only a
-    # non-finite sum (NaN/Inf, or overflow) needs the element-wise check.
-    if not bool(torch.isfinite(x.sum(dtype=torch.float32))) and not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError("input_tensor contains NaN or Inf values; check the preprocessing")
     if dtype is not None and x.dtype != dtype:
         x = x.to(dtype)
