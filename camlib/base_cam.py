@@ -318,15 +318,20 @@ class BaseCAM:
         targets: Optional[list] = None,
         *,
         default_targets: Optional[Callable[[torch.Tensor], list]] = None,
+        gradients: Optional[bool] = None,
     ) -> Capture:
-        """Stage 2: one capturing pass over a prepared input (see :func:`camlib.capture.capture`)."""
+        """Stage 2: one capturing pass over a prepared input (see :func:`camlib.capture.capture`).
+
+        ``gradients``: back-propagate to the target layers (None: when the method uses
+        gradients, :attr:`uses_gradients`); False records the activations only.
+        """
         caps = type(self).capabilities
         record = capture(
             self.model,
             self.target_layers,
             x,
             lambda outputs: self.resolve_targets(outputs, targets, default_targets),
-            gradients=self.uses_gradients,
+            gradients=self.uses_gradients if gradients is None else gradients,
             input_gradient=self.compute_input_gradient,
             second_order=caps.second_order,
             allow_missing_layers=caps.own_layers,

@@ -67,7 +67,8 @@ class SmoothGradCAMpp(BaseCAM):
     The noise comes from the default random generator of the model's device
     (``torch.manual_seed`` makes a call reproducible).
 
-    Cost: ``num_samples + 1`` forward and backward passes (the clean one gives the activations).
+    Cost: ``num_samples + 1`` forward passes (the clean one, which gives the activations, without
+    autograd) and ``num_samples`` backward passes.
     Output: ``np.float32 [B, H, W]`` (``[B, D, H, W]`` for 5-D input) in [0, 1].
 
     Args:
@@ -110,7 +111,8 @@ class SmoothGradCAMpp(BaseCAM):
         x = capture.input
         passes = []
         for _ in range(self.num_samples):
-            record = self.capture(add_gaussian_noise(x, self.std), list(capture.targets))
+            noisy = add_gaussian_noise(x, self.std)
+            record = super().capture(noisy, list(capture.targets), gradients=self.uses_gradients)
             if record.gradients is None:
                 raise ValueError(
                     "SmoothGradCAMpp needs the gradients of the noisy passes, but this CAM was built with "
@@ -118,6 +120,18 @@ class SmoothGradCAMpp(BaseCAM):
                 )
             passes.append([g.float() for g in record.gradients])
         return passes
+
+    def capture(
+        self,
+        x: torch.Tensor,
+        targets: Optional[list] = None,
+        *,
+        default_targets: Optional[Callable[[torch.Tensor], list]] = None,
+        gradients: Optional[bool] = False,
+    ) -> Capture:
+        """The clean pass: its activations and targets only (no backward pass; the
+        gradients come from the noisy passes, :meth:`noisy_gradients`)."""
+        return super().capture(x, targets, default_targets=default_targets, gradients=gradients)
 
     def layer_maps(self, capture: Capture, eigen_smooth: bool) -> List[torch.Tensor]:
         passes = self.noisy_gradients(capture)

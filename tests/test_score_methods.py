@@ -214,6 +214,25 @@ def test_smooth_grad_cam_pp_noise_is_seeded_and_matters():
     assert not np.array_equal(a, c)
 
 
+def test_smooth_grad_cam_pp_backpropagates_only_the_noisy_passes(monkeypatch):
+    """The clean pass gives the activations only: num_samples + 1 forward passes, num_samples backward."""
+    model = TinyCNN().eval()
+    forwards, backwards = [], []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        backwards.append(1)
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    handle = model.register_forward_hook(lambda module, args, out: forwards.append(out.shape[0]))
+    try:
+        SmoothGradCAMpp(model, [model.features[4]], num_samples=3, std=0.5)(torch.randn(2, 3, 16, 16), _targets(0, 1))
+    finally:
+        handle.remove()
+    assert forwards == [2, 2, 2, 2] and len(backwards) == 3
+
+
 # -- shared loop, arguments, hygiene ------------------------------------------------------------------------------
 def test_iscam_scores_each_distinct_channel_once_per_sample():
     calls = []
