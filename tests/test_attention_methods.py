@@ -436,7 +436,7 @@ def test_rollout_matches_fast_vit_rollout(three_vits, head_fusion):
     try:
         from fast_vit_rollout import ViTAttentionRollout
     except ImportError:  # optional oracle: skip only this comparison
-        pytest.skip("fast-vit-rollout is not installed")
+        pytest.skip("fast-vit-rollout is not installed (README, Test: pip install --no-deps fast-vit-rollout)")
     for block in model.blocks:
         block.attn.fused_attn = False
     theirs = ViTAttentionRollout(model, head_fusion=head_fusion, discard_ratio=0.0)(x)
@@ -662,7 +662,10 @@ def test_legrad_matches_the_authors_legrad_torch(tmp_path):
         import open_clip
         from legrad import LeWrapper
     except ImportError:  # optional oracle (pip install legrad-torch): skip only this comparison
-        pytest.skip("legrad-torch (and open_clip_torch<=2.23) are not installed")
+        pytest.skip(
+            "legrad-torch and open_clip_torch 2.23 are not installed (README, Test: "
+            "pip install --no-deps legrad-torch open_clip_torch==2.23.0 ftfy regex einops)"
+        )
     config = {
         "embed_dim": 16,
         "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 16, "head_width": 16},
