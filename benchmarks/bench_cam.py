@@ -156,6 +156,8 @@ def interleaved(
 
     Each participant in ``warmup`` (default: all) runs once untimed first, for
     lazy initialisation, the first trace and the allocator's first growth.
+    The order rotates from round to round (round ``r`` starts with participant
+    ``r mod n``), so no library always pays for running first or after another.
     """
     for name, run in participants.items():
         if warmup is None or name in warmup:
@@ -164,8 +166,10 @@ def interleaved(
     times: dict[str, list[float]] = {name: [] for name in participants}
     peaks: dict[str, list[float]] = {name: [] for name in participants}
     cuda = device.startswith("cuda")
+    order = list(participants.items())
     for index in range(rounds):
-        for name, run in participants.items():
+        shift = index % len(order)
+        for name, run in order[shift:] + order[:shift]:
             _sync(device)
             if cuda:  # outside the timed window
                 torch.cuda.reset_peak_memory_stats(device)
@@ -620,6 +624,32 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def prefault_code(only: Optional[str] = None) -> float:
+    """Map in now every page of the read-only file mappings (the code and constant data
+    of the shared libraries loaded so far), so that a later call's growth of the
+    resident set is the memory it allocates, not library code it runs for the first
+    time (file-backed pages, shared between processes). ``only``: just the files whose
+    path contains it. Returns the MiB mapped in."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    populate_read = 22  # MADV_POPULATE_READ (Linux 5.14+)
+    before = _proc_status_kib("RssFile")
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 6 or "r" not in fields[1] or "w" in fields[1] or not fields[5].startswith("/"):
+            continue
+        if only is not None and only not in fields[5]:
+            continue
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if libc.madvise(start, end - start, populate_read) != 0:
+            page = 4096
+            for address in range(start, end, page):  # older kernels: touch each page
+                ctypes.string_at(address, 1)
+    return (_proc_status_kib("RssFile") - before) / 1024
+
+
 def _peak_extra_mib(run: Callable[[], Any], device: str) -> float:
     """Peak memory above the level just before ``run()``, in MiB."""
     gc.collect()
@@ -656,6 +686,8 @@ def measure_scorecam_memory(library: str, args: argparse.Namespace) -> tuple[flo
         runners = score_method_runners(method, model, model.layer4[-1], x, _classes(args.methods_batch),
                                        args.methods_samples, args.memory_chunk)
         run = runners[library]
+    if getattr(args, "prefault_code", False):
+        prefault_code()
     return _peak_extra_mib(run, args.device), _peak_extra_mib(run, args.device)
 
 
@@ -673,18 +705,28 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
         row.update(chunk=args.memory_chunk, device=args.device)
         libraries = ["camlib"] + [lib for lib, mod in peers if _have(mod)]
         samples: dict[str, list[tuple[float, float]]] = {lib: [] for lib in libraries}
+        code_prefaulted: dict[str, list[float]] = {lib: [] for lib in libraries}
+        # (lib, False): as a user's process runs it; (lib, True): the libraries' code mapped in first,
+        # so the first call's growth is the memory it allocates (no library code run for the first time)
+        runs = [(lib, prefault) for lib in libraries for prefault in (False, True)]
         for index in range(args.memory_rounds):
-            for lib in libraries:
+            for lib, prefault in runs:
                 command = [sys.executable, __file__, "--measure-memory", lib, "--memory-method", method,
                            "--device", args.device, "--scorecam-model", args.scorecam_model,
                            "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size),
                            "--methods-batch", str(args.methods_batch), "--methods-size", str(args.methods_size),
                            "--methods-samples", str(args.methods_samples), "--memory-chunk", str(args.memory_chunk)]
+                command += ["--prefault-code"] if prefault else []
                 # Fixed mmap threshold: large freed buffers go back to the OS, so the
                 # resident set before the call is not inflated by earlier allocations.
                 env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "CAMLIB_DISABLE_PROGRESS": "1"}
                 done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
                 cold, warm = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+                if prefault:
+                    code_prefaulted[lib].append(cold)
+                    print(f"  memory {method} round {index + 1}/{args.memory_rounds}: {lib} first call, code "
+                          f"mapped in before, +{cold:.1f} MiB", flush=True)
+                    continue
                 samples[lib].append((cold, warm))
                 print(f"  memory {method} round {index + 1}/{args.memory_rounds}: {lib} first call +{cold:.1f} MiB, "
                       f"second call +{warm:.1f} MiB", flush=True)
@@ -692,6 +734,8 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
             row[f"{lib}_peak_extra_mib"] = statistics.median(cold for cold, _ in samples[lib])
             row[f"{lib}_warm_peak_extra_mib"] = statistics.median(warm for _, warm in samples[lib])
             row[f"{lib}_first_call_mib_all"] = [cold for cold, _ in samples[lib]]
+            if not args.device.startswith("cuda"):  # on CUDA the measure is allocated GPU memory already
+                row[f"{lib}_code_prefaulted_peak_extra_mib"] = statistics.median(code_prefaulted[lib])
         rows.append(row)
     return rows
 
@@ -931,8 +975,12 @@ def markdown(results: list[dict], info: dict) -> str:
                 f"{r['size']}x{r['size']}{samples})", "",
                 f"Peak extra memory of one call ({where}; {chunk}median over fresh processes):", "",
                 "| call | camlib | grad-cam | torchcam |", "|---|---:|---:|---:|"]
-        for label, key in (("first in the process", "peak_extra_mib"), ("second", "warm_peak_extra_mib")):
-            cells = [f"+{r[f'{lib}_{key}']:.1f} MiB" if f"{lib}_{key}" in r else "n/a" for lib in LIBRARIES]
+        for label, key in (("first in the process", "peak_extra_mib"),
+                           ("first, the libraries' code mapped in before", "code_prefaulted_peak_extra_mib"),
+                           ("second", "warm_peak_extra_mib")):
+            if not any(f"{lib}_{key}" in r for lib in LIBRARIES):
+                continue
+            cells = [f"+{r[f'{lib}_{key}']:.2f} MiB" if f"{lib}_{key}" in r else "n/a" for lib in LIBRARIES]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
     for r in [r for r in results if r["suite"] in ("scorecam-large", "scorecam-frcnn")]:
@@ -1055,6 +1103,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     parser.add_argument("--measure-memory", choices=LIBRARIES, help=argparse.SUPPRESS)
+    parser.add_argument("--prefault-code", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-method", default="ScoreCAM", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:

@@ -123,6 +123,31 @@ def test_memory_measurement_sees_a_large_allocation(bench_cam, monkeypatch):
     assert cold >= 250 and warm >= 250
 
 
+def test_prefault_code_maps_in_read_only_file_pages(bench_cam, tmp_path):
+    """What the memory suite's "code mapped in before" row relies on: file pages mapped but
+    never read are brought into the resident set, once."""
+    import mmap
+
+    path = tmp_path / "four_mib.bin"
+    path.write_bytes(bytes(range(256)) * (4 * 2**20 // 256))
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        first = bench_cam.prefault_code(only=str(path))
+        again = bench_cam.prefault_code(only=str(path))
+        assert mapped[-1] == 255
+    assert 3.9 <= first <= 4.1 and again < 0.1
+
+
+def test_scorecam_inputs_ab_times_both_kinds_of_chunk(bench_cam, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scorecam_inputs_ab", BENCHMARKS / "scorecam_inputs_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--model", "resnet18", "--size", "64", "--chunk", "2", "--start", "0", "--repeats", "2"])
+    assert set(result) == {"camlib", "peers"} and all(t > 0 for t in result.values())
+    assert "shape [2, 3, 64, 64]" in capsys.readouterr().out
+
+
 def test_score_methods_suite_times_camlib_against_torchcam(bench_cam):
     rows = bench_cam.main(["--suites", "score-methods", "--methods-size", "32", "--methods-samples", "1",
                            "--methods-rounds", "1"])
