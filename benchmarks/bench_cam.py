@@ -460,6 +460,7 @@ def forward_breakdown(row: dict, timed: dict, record: dict) -> None:
         times = timed[lib]["all_s"]
         forward = entry["forward_s"][-len(times):]  # the timed rounds (not the warm-up)
         row[f"{lib}_s"] = timed[lib]["median_s"]
+        row[f"{lib}_rounds_s"] = list(times)
         row[f"{lib}_images"] = entry["images"][-1]
         row[f"{lib}_forward_s"] = statistics.median(forward)
         row[f"{lib}_outside_model_s"] = statistics.median(t - f for t, f in zip(times, forward))
@@ -503,6 +504,7 @@ def scorecam_large_suite(args: argparse.Namespace) -> list[dict]:
     layer = timer.model.layer4[-1]
     x = _inputs(1, args.large_size, args.device)
     runners = scorecam_runners(timer, layer, x, _classes(1), args.large_chunk, channels=args.large_channels)
+    runners = {lib: run for lib, run in runners.items() if lib == "camlib" or lib in args.large_libraries}
     runners, record = timed_forwards(runners, timer)
     label = f"ScoreCAM {args.large_model} {args.large_size}px"
     timed = interleaved(runners, args.large_rounds, args.device, label, warmup=())
@@ -999,10 +1001,11 @@ def markdown(results: list[dict], info: dict) -> str:
                 "included); outside the model: the call's time minus its forward passes'; speed-up: the peer's "
                 "median over camlib's."
                 + ("" if diff is None else f" Largest difference between camlib's and grad-cam's maps: {diff:.1e}."),
-                "", "| library | time | images | forward passes | outside the model | speed-up |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "", "| library | rounds | time | images | forward passes | outside the model | speed-up |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for lib in libs:
-            out.append(f"| {lib} | {_ms(r[f'{lib}_s'])} | {r.get(f'{lib}_images', 'n/a')} | "
+            rounds = " / ".join(_ms(t) for t in r.get(f"{lib}_rounds_s", []))
+            out.append(f"| {lib} | {rounds} | {_ms(r[f'{lib}_s'])} | {r.get(f'{lib}_images', 'n/a')} | "
                        f"{_ms(r.get(f'{lib}_forward_s'))} | {_ms(r.get(f'{lib}_outside_model_s'))} | "
                        f"{r[f'{lib}_s'] / r['camlib_s']:.2f}x |")
         out.append("")
@@ -1078,6 +1081,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--memory-methods", nargs="+", default=["ScoreCAM"], choices=["ScoreCAM", "SSCAM", "ISCAM"],
                         help="methods of the memory suite (SSCAM and ISCAM in the score-methods setting)")
     parser.add_argument("--large-rounds", type=int, default=1, help="rounds of the scorecam-large suite")
+    parser.add_argument("--large-libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES),
+                        help="libraries the scorecam-large suite runs (camlib always; e.g. camlib torchcam)")
     parser.add_argument("--large-model", default="resnet50")
     parser.add_argument("--large-size", type=int, default=224)
     parser.add_argument("--large-chunk", type=int, default=32, help="masked inputs per forward (all libraries)")

@@ -148,6 +148,17 @@ def test_scorecam_inputs_ab_times_both_kinds_of_chunk(bench_cam, capsys):
     assert "shape [2, 3, 64, 64]" in capsys.readouterr().out
 
 
+def test_malloc_ab_child_times_a_call_and_counts_its_faults():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("malloc_ab", BENCHMARKS / "malloc_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.child("ISCAM", batch=1, size=32, samples=1, chunk=8)
+    assert result["seconds"] > 0 and result["minor_faults"] >= 0
+    assert set(module.KEEP) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}
+
+
 def test_score_methods_suite_times_camlib_against_torchcam(bench_cam):
     rows = bench_cam.main(["--suites", "score-methods", "--methods-size", "32", "--methods-samples", "1",
                            "--methods-rounds", "1"])
@@ -174,6 +185,8 @@ def test_scorecam_large_suite_reports_each_library(bench_cam, monkeypatch):
     assert seen == {"shape": (1, 3, 224, 224), "chunk": 32, "channels": None}
     assert rows[0]["suite"] == "scorecam-large" and all(f"{lib}_s" in rows[0] for lib in bench_cam.LIBRARIES)
     assert rows[0]["all_channels"] and rows[0]["rounds"] == 1
+    rows = bench_cam.main(["--suites", "scorecam-large", "--large-libraries", "torchcam", "--large-rounds", "2"])
+    assert "grad-cam_s" not in rows[0] and "camlib_s" in rows[0] and len(rows[0]["torchcam_rounds_s"]) == 2
 
 
 def test_cut_down_scorecam_runs_count_forward_passes_and_agree_with_the_reference(bench_cam, capsys):
