@@ -49,10 +49,8 @@ def distinct_channel_maps(activations: torch.Tensor) -> tuple[torch.Tensor, torc
     """
     batch, channels = activations.shape[:2]
     flat = activations.reshape(batch * channels, -1)
-    # Few distinct kernels on purpose: each kernel a process runs for the first time maps
-    # its code pages in (0.1-0.7 MiB each on CPU), part of the first call's resident set.
-    low, high = torch.aminmax(flat, dim=1)
-    flat = torch.where((high > low)[:, None], flat, 0.0)  # constant maps -> zeros
+    low, high = torch.aminmax(flat, dim=1)  # one pass for both
+    flat = torch.where((high == low)[:, None], 0.0, flat)  # constant maps -> zeros (a NaN map stays NaN)
     image = torch.arange(batch, device=flat.device, dtype=flat.dtype)[:, None].expand(batch, channels)
     keys = torch.cat([image.reshape(-1, 1), flat], dim=1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
