@@ -710,7 +710,8 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
         code_prefaulted: dict[str, list[float]] = {lib: [] for lib in libraries}
         # (lib, False): as a user's process runs it; (lib, True): the libraries' code mapped in first,
         # so the first call's growth is the memory it allocates (no library code run for the first time)
-        runs = [(lib, prefault) for lib in libraries for prefault in (False, True)]
+        variants = (False,) if args.device.startswith("cuda") else (False, True)  # CUDA: allocated GPU memory
+        runs = [(lib, prefault) for lib in libraries for prefault in variants]
         for index in range(args.memory_rounds):
             for lib, prefault in runs:
                 command = [sys.executable, __file__, "--measure-memory", lib, "--memory-method", method,
@@ -736,7 +737,7 @@ def memory_suite(args: argparse.Namespace) -> list[dict]:
             row[f"{lib}_peak_extra_mib"] = statistics.median(cold for cold, _ in samples[lib])
             row[f"{lib}_warm_peak_extra_mib"] = statistics.median(warm for _, warm in samples[lib])
             row[f"{lib}_first_call_mib_all"] = [cold for cold, _ in samples[lib]]
-            if not args.device.startswith("cuda"):  # on CUDA the measure is allocated GPU memory already
+            if code_prefaulted[lib]:
                 row[f"{lib}_code_prefaulted_peak_extra_mib"] = statistics.median(code_prefaulted[lib])
         rows.append(row)
     return rows
