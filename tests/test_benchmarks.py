@@ -148,6 +148,17 @@ def test_scorecam_inputs_ab_times_both_kinds_of_chunk(bench_cam, capsys):
     assert "shape [2, 3, 64, 64]" in capsys.readouterr().out
 
 
+def test_memory_split_reports_peak_anonymous_and_file_backed_growth():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_split", BENCHMARKS / "memory_split.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["camlib", "--batch", "1", "--size", "32", "--chunk", "8"])
+    assert set(result) == {"peak_mib", "VmRSS_mib", "RssAnon_mib", "RssFile_mib"}
+    assert result["peak_mib"] >= result["VmRSS_mib"] - 0.01
+
+
 def test_malloc_ab_child_times_a_call_and_counts_its_faults():
     import importlib.util
 
